@@ -1,0 +1,33 @@
+// p2vfsd's command line.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace p2vfs {
+
+struct SourceArg {
+    std::string name; // folder name in the mount
+    std::string spec; // a path now; URIs later
+};
+
+struct DaemonArgs {
+    std::string mount_point;
+    std::vector<SourceArg> sources;
+    // format name -> option -> value, from --option FORMAT.KEY=VALUE
+    std::map<std::string, std::map<std::string, std::string>> format_options;
+    bool direct = false;
+    bool splice = true;
+    unsigned threads = 8;
+    std::string log_level = "info";
+    bool fuse_debug = false;
+    bool help = false;
+    bool version = false;
+};
+
+// Throws InvalidArgument with a one-line message on a bad command line.
+DaemonArgs parse_command_line(int argc, char** argv);
+std::string usage_text();
+
+} // namespace p2vfs

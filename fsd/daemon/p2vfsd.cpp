@@ -1,0 +1,91 @@
+// p2vfsd: shows source disks as lazily converted virtual disk files in a
+// FUSE mount. See README.md for usage and docs/ARCHITECTURE.md for the design.
+#include "block/open_source.h"
+#include "common/error.h"
+#include "common/logging.h"
+#include "daemon/command_line.h"
+#include "formats/format.h"
+#include "fuse/fuse_frontend.h"
+#include "fuse/mount_point.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+namespace {
+
+enum ExitCode { exit_ok = 0, exit_failure = 1, exit_usage = 2, exit_source = 3, exit_mount = 4 };
+
+// Before logging is set up (a bad --log-level), errors still read the same.
+int early_error(const std::string& message, int code) {
+    std::fprintf(stderr, "p2vfsd: error: %s\n", message.c_str());
+    return code;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    using namespace p2vfs;
+    DaemonArgs args;
+    try {
+        args = parse_command_line(argc, argv);
+        if (args.help) {
+            std::fputs(usage_text().c_str(), stdout);
+            return exit_ok;
+        }
+        if (args.version) {
+            std::puts("p2vfsd " P2VFS_VERSION);
+            return exit_ok;
+        }
+        setup_logging("p2vfsd", args.log_level);
+    } catch (const Error& e) {
+        return early_error(std::string(e.what()) + " (see p2vfsd --help)", exit_usage);
+    }
+
+    std::vector<MountedFolder> folders;
+    for (const SourceArg& s : args.sources) {
+        DevicePtr source;
+        try {
+            source = open_source(s.spec, SourceOptions{args.direct});
+        } catch (const Error& e) {
+            spdlog::error("source '{}': {}", s.name, e.what());
+            return exit_source;
+        }
+        MountedFolder folder{s.name, {}};
+        for (const Format* f : format_table()) {
+            static const std::map<std::string, std::string> none;
+            auto it = args.format_options.find(std::string(f->name));
+            try {
+                folder.files.push_back(
+                    {std::string(f->file_name),
+                     make_view(*f, source, it == args.format_options.end() ? none : it->second)});
+            } catch (const FormatLimitError& e) {
+                spdlog::warn("source '{}': no {}: {}", s.name, f->file_name, e.what());
+            } catch (const InvalidArgument& e) {
+                spdlog::error("--option {}: {}", f->name, e.what());
+                return exit_usage;
+            } catch (const Error& e) {
+                spdlog::error("source '{}': {}: {}", s.name, f->file_name, e.what());
+                return exit_source;
+            }
+        }
+        spdlog::info("source '{}': {} ({}), {} views", s.name, s.spec, human_size(source->size()),
+                     folder.files.size());
+        folders.push_back(std::move(folder));
+    }
+
+    try {
+        prepare_mount_point(args.mount_point);
+        FuseFrontend frontend(
+            FuseOptions{args.mount_point, args.splice, args.threads, 1024, args.fuse_debug},
+            std::move(folders));
+        frontend.run();
+    } catch (const MountError& e) {
+        spdlog::error("{}", e.what());
+        return exit_mount;
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return exit_failure;
+    }
+    return exit_ok;
+}

@@ -1,0 +1,21 @@
+// The table of formats. One line per format.
+#include "formats/format.h"
+
+namespace p2vfs {
+
+extern const Format raw_format;
+extern const Format vhd_dynamic_format;
+extern const Format vhd_fixed_format;
+extern const Format vmdk_sparse_format;
+
+const std::vector<const Format*>& format_table() {
+    static const std::vector<const Format*> table{
+        &raw_format,
+        &vhd_dynamic_format,
+        &vhd_fixed_format,
+        &vmdk_sparse_format,
+    };
+    return table;
+}
+
+} // namespace p2vfs

@@ -1,0 +1,122 @@
+#include "formats/layout_view.h"
+
+#include "common/endian.h"
+#include "common/error.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+namespace p2vfs {
+
+void LayoutView::add_bytes(std::vector<unsigned char> bytes) {
+    auto data = std::make_shared<const std::vector<unsigned char>>(std::move(bytes));
+    const uint64_t length = data->size();
+    add_generated(length, [data](unsigned char* out, size_t n, uint64_t rel) {
+        std::memcpy(out, data->data() + rel, n);
+    });
+}
+
+void LayoutView::add_generated(uint64_t length, ReadFn read, ExtentsFn extents, FdSpanFn fd) {
+    if (length == 0)
+        return;
+    segments_.push_back({end_, length, std::move(read), std::move(extents), std::move(fd)});
+    end_ += length;
+}
+
+void LayoutView::add_device(DevicePtr dev, uint64_t dev_offset, uint64_t length) {
+    add_generated(
+        length,
+        [dev, dev_offset](unsigned char* out, size_t n, uint64_t rel) {
+            dev->read(out, n, dev_offset + rel);
+        },
+        [dev, dev_offset](uint64_t rel, uint64_t n) {
+            std::vector<Extent> ext = dev->extents(dev_offset + rel, n);
+            for (Extent& e : ext)
+                e.offset -= dev_offset;
+            return ext;
+        },
+        [dev, dev_offset](uint64_t rel, size_t n) { return dev->fd_span(dev_offset + rel, n); });
+}
+
+void LayoutView::add_hole(uint64_t length) {
+    add_generated(
+        length, [](unsigned char* out, size_t n, uint64_t) { std::memset(out, 0, n); },
+        [](uint64_t rel, uint64_t n) { return std::vector<Extent>{{rel, n, ExtentType::Hole}}; });
+}
+
+const LayoutView::Segment& LayoutView::segment_at(uint64_t offset) const {
+    auto it = std::upper_bound(segments_.begin(), segments_.end(), offset,
+                               [](uint64_t off, const Segment& s) { return off < s.offset; });
+    if (it == segments_.begin())
+        throw Error(name_ + ": no segment at " + hex(offset));
+    return *--it;
+}
+
+void LayoutView::read(void* buf, size_t length, uint64_t offset) {
+    auto* out = static_cast<unsigned char*>(buf);
+    while (length > 0) {
+        const Segment& s = segment_at(offset);
+        const uint64_t rel = offset - s.offset;
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(length, s.length - rel));
+        s.read(out, n, rel);
+        out += n;
+        offset += n;
+        length -= n;
+    }
+}
+
+std::vector<Extent> LayoutView::extents(uint64_t offset, uint64_t length) {
+    std::vector<Extent> out;
+    while (length > 0) {
+        const Segment& s = segment_at(offset);
+        const uint64_t rel = offset - s.offset;
+        const uint64_t n = std::min(length, s.length - rel);
+        if (!s.extents) {
+            append_extent(out, {offset, n, ExtentType::Data});
+        } else {
+            for (Extent e : s.extents(rel, n)) {
+                e.offset += s.offset;
+                append_extent(out, e);
+            }
+        }
+        offset += n;
+        length -= n;
+    }
+    return out;
+}
+
+std::optional<FdSpan> LayoutView::fd_span(uint64_t offset, size_t length) {
+    const Segment& s = segment_at(offset);
+    const uint64_t rel = offset - s.offset;
+    if (!s.fd || length > s.length - rel)
+        return std::nullopt;
+    return s.fd(rel, length);
+}
+
+} // namespace p2vfs
+
+namespace p2vfs {
+
+void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
+                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian,
+                    uint32_t pad) {
+    uint64_t i = rel / 4;
+    size_t skip = static_cast<size_t>(rel % 4);
+    while (length > 0) {
+        unsigned char bytes[4];
+        const uint32_t v = i < entries ? entry(i) : pad;
+        if (big_endian)
+            store_be(bytes, v);
+        else
+            store_le(bytes, v);
+        const size_t n = std::min<size_t>(4 - skip, length);
+        std::memcpy(out, bytes + skip, n);
+        out += n;
+        length -= n;
+        skip = 0;
+        ++i;
+    }
+}
+
+} // namespace p2vfs

@@ -1,0 +1,34 @@
+// The raw view: the disk itself, byte for byte. Reads, holes and splicing
+// all pass through to the source.
+#include "block/filter_device.h"
+#include "formats/format.h"
+
+namespace p2vfs {
+namespace {
+
+class RawView : public FilterDevice {
+public:
+    RawView(DevicePtr source, std::string file_name)
+        : FilterDevice(std::move(source)), file_name_(std::move(file_name)) {}
+    std::string name() const override { return file_name_ + " of " + next_->name(); }
+    std::string identity() const override { return "raw:" + next_->identity(); }
+
+private:
+    std::string file_name_;
+};
+
+} // namespace
+
+extern const Format raw_format{ // extern: listed in format_table.cpp
+    "raw",
+    "raw",
+    "disk.raw",
+    "raw disk image, byte for byte the source (dd, loop devices, any hypervisor)",
+    {},
+    0,
+    [](const ViewRequest& req) -> DevicePtr {
+        return std::make_shared<RawView>(req.source, req.file_name);
+    },
+};
+
+} // namespace p2vfs

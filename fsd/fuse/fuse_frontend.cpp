@@ -1,0 +1,425 @@
+#define FUSE_USE_VERSION 312
+
+#include "fuse/fuse_frontend.h"
+
+#include "common/error.h"
+#include "fuse/mount_point.h"
+
+#include <fuse_lowlevel.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+
+namespace p2vfs {
+namespace {
+
+// Views never change shape while mounted, so the kernel may keep attributes
+// and names for long. (Writable overlays will need shorter timeouts.)
+constexpr double attr_timeout = 60.0;
+constexpr size_t max_read_bytes = 1 << 20;
+
+struct Node {
+    fuse_ino_t ino;
+    fuse_ino_t parent;
+    std::string name;
+    bool is_dir;
+    DevicePtr device;                  // files only
+    std::vector<fuse_ino_t> children;  // folders only
+    mutable std::once_flag allocated_once;
+    mutable uint64_t allocated = 0;    // bytes in Data/Zero extents
+};
+
+} // namespace
+
+struct FuseFrontend::Impl {
+    FuseOptions options;
+    std::vector<std::unique_ptr<Node>> nodes; // nodes[ino - 1]
+    struct timespec mount_time {};
+    uid_t uid = ::getuid();
+    gid_t gid = ::getgid();
+
+    const Node* node(fuse_ino_t ino) const {
+        if (ino == 0 || ino > nodes.size())
+            return nullptr;
+        return nodes[ino - 1].get();
+    }
+
+    fuse_ino_t add(fuse_ino_t parent, std::string name, bool is_dir, DevicePtr device) {
+        auto n = std::make_unique<Node>();
+        n->ino = nodes.size() + 1;
+        n->parent = parent;
+        n->name = std::move(name);
+        n->is_dir = is_dir;
+        n->device = std::move(device);
+        const fuse_ino_t ino = n->ino;
+        nodes.push_back(std::move(n));
+        if (parent != 0)
+            nodes[parent - 1]->children.push_back(ino);
+        return ino;
+    }
+
+    uint64_t allocated_bytes(const Node& n) const {
+        std::call_once(n.allocated_once, [&] {
+            try {
+                for (const Extent& e : n.device->extents(0, n.device->size()))
+                    if (e.type != ExtentType::Hole)
+                        n.allocated += e.length;
+            } catch (const Error& e) {
+                spdlog::warn("{}: cannot map allocation ({}); reporting it fully allocated",
+                             n.device->name(), e.what());
+                n.allocated = n.device->size();
+            }
+        });
+        return n.allocated;
+    }
+
+    struct stat stat_of(const Node& n) const {
+        struct stat st {};
+        st.st_ino = n.ino;
+        st.st_uid = uid;
+        st.st_gid = gid;
+        st.st_atim = st.st_mtim = st.st_ctim = mount_time;
+        if (n.is_dir) {
+            st.st_mode = S_IFDIR | 0555;
+            st.st_nlink = 2;
+        } else {
+            st.st_mode = S_IFREG | 0444;
+            st.st_nlink = 1;
+            st.st_size = static_cast<off_t>(n.device->size());
+            st.st_blocks = static_cast<blkcnt_t>((allocated_bytes(n) + 511) / 512);
+            st.st_blksize = 1 << 20;
+        }
+        return st;
+    }
+
+    static Impl& of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
+
+    void tune_read_ahead() const;
+};
+
+namespace {
+
+void reply_error(fuse_req_t req, const Node& n, const char* op, uint64_t offset, size_t length,
+                 const std::exception& e) {
+    const auto* err = dynamic_cast<const Error*>(&e);
+    const int code = err ? err->error_number() : EIO;
+    spdlog::error("{} {} bytes at {:#x} of {}: {}", op, length, offset, n.name, e.what());
+    fuse_reply_err(req, code);
+}
+
+void op_init(void* userdata, struct fuse_conn_info* conn) {
+    auto& impl = *static_cast<FuseFrontend::Impl*>(userdata);
+    // Kernel features are negotiated here and nowhere else.
+    if (impl.options.splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
+        conn->want |= FUSE_CAP_SPLICE_WRITE | (conn->capable & FUSE_CAP_SPLICE_MOVE);
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ); // no writes to receive
+    conn->max_readahead = std::min<unsigned>(conn->max_readahead, max_read_bytes);
+    conn->max_read = 0;
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* p = impl.node(parent);
+    if (!p || !p->is_dir) {
+        fuse_reply_err(req, ENOTDIR);
+        return;
+    }
+    for (fuse_ino_t c : p->children) {
+        const Node* n = impl.node(c);
+        if (n->name == name) {
+            struct fuse_entry_param e {};
+            e.ino = n->ino;
+            e.generation = 1;
+            e.attr = impl.stat_of(*n);
+            e.attr_timeout = attr_timeout;
+            e.entry_timeout = attr_timeout;
+            fuse_reply_entry(req, &e);
+            return;
+        }
+    }
+    fuse_reply_err(req, ENOENT);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* n = impl.node(ino);
+    if (!n) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    const struct stat st = impl.stat_of(*n);
+    fuse_reply_attr(req, &st, attr_timeout);
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int, struct fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
+    const Node* n = FuseFrontend::Impl::of(req).node(ino);
+    if (!n)
+        fuse_reply_err(req, ENOENT);
+    else if (!n->is_dir)
+        fuse_reply_err(req, ENOTDIR);
+    else
+        fuse_reply_open(req, fi);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* n = impl.node(ino);
+    if (!n || !n->is_dir) {
+        fuse_reply_err(req, ENOTDIR);
+        return;
+    }
+    // Entry i of ".", "..", children...; `off` is the index of the next one.
+    std::vector<char> buf(size);
+    size_t used = 0;
+    const size_t total = n->children.size() + 2;
+    for (size_t i = static_cast<size_t>(off); i < total; ++i) {
+        struct stat st {};
+        std::string name;
+        if (i == 0) {
+            name = ".";
+            st.st_ino = n->ino;
+            st.st_mode = S_IFDIR;
+        } else if (i == 1) {
+            name = "..";
+            st.st_ino = n->parent ? n->parent : n->ino;
+            st.st_mode = S_IFDIR;
+        } else {
+            const Node* c = impl.node(n->children[i - 2]);
+            name = c->name;
+            st.st_ino = c->ino;
+            st.st_mode = c->is_dir ? S_IFDIR : S_IFREG;
+        }
+        const size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(),
+                                              &st, static_cast<off_t>(i + 1));
+        if (need > size - used)
+            break;
+        used += need;
+    }
+    fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
+    const Node* n = FuseFrontend::Impl::of(req).node(ino);
+    if (!n) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (n->is_dir) {
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    fuse_reply_open(req, fi);
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* n = impl.node(ino);
+    if (!n || n->is_dir) {
+        fuse_reply_err(req, n ? EISDIR : ENOENT);
+        return;
+    }
+    BlockDevice& dev = *n->device;
+    const uint64_t offset = static_cast<uint64_t>(off);
+    const uint64_t file_size = dev.size();
+    if (offset >= file_size) {
+        fuse_reply_buf(req, nullptr, 0);
+        return;
+    }
+    const size_t length = static_cast<size_t>(std::min<uint64_t>(size, file_size - offset));
+    try {
+        if (impl.options.splice) {
+            if (auto span = dev.fd_span(offset, length)) {
+                struct fuse_bufvec bv = FUSE_BUFVEC_INIT(length);
+                bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+                bv.buf[0].fd = span->fd;
+                bv.buf[0].pos = static_cast<off_t>(span->offset);
+                fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+                return;
+            }
+        }
+        thread_local std::vector<unsigned char> buffer;
+        if (buffer.size() < length)
+            buffer.resize(std::max(length, max_read_bytes));
+        dev.read(buffer.data(), length, offset);
+        fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), length);
+    } catch (const std::exception& e) {
+        reply_error(req, *n, "read of", offset, length, e);
+    }
+}
+
+void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info*) {
+    const Node* n = FuseFrontend::Impl::of(req).node(ino);
+    if (!n || n->is_dir) {
+        fuse_reply_err(req, EINVAL);
+        return;
+    }
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+        fuse_reply_err(req, EINVAL); // SEEK_SET/CUR/END are handled by the kernel
+        return;
+    }
+    const uint64_t size = n->device->size();
+    const uint64_t offset = static_cast<uint64_t>(off);
+    if (off < 0 || offset >= size) {
+        fuse_reply_err(req, ENXIO);
+        return;
+    }
+    try {
+        const bool want_data = whence == SEEK_DATA;
+        for (const Extent& e : n->device->extents(offset, size - offset)) {
+            if ((e.type != ExtentType::Hole) == want_data) {
+                fuse_reply_lseek(req, static_cast<off_t>(e.offset));
+                return;
+            }
+        }
+        // No more data: ENXIO. No hole before the end: the end is a hole.
+        if (want_data)
+            fuse_reply_err(req, ENXIO);
+        else
+            fuse_reply_lseek(req, static_cast<off_t>(size));
+    } catch (const std::exception& e) {
+        reply_error(req, *n, "lseek in", offset, 0, e);
+    }
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    struct statvfs sv {};
+    sv.f_bsize = 4096;
+    sv.f_frsize = 4096;
+    uint64_t bytes = 0;
+    for (const auto& n : impl.nodes)
+        if (!n->is_dir)
+            bytes += n->device->size();
+    sv.f_blocks = bytes / 4096;
+    sv.f_files = impl.nodes.size();
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+}
+
+void op_write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t, struct fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+}
+
+void op_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, struct fuse_file_info*) {
+    fuse_reply_err(req, EROFS);
+}
+
+const struct fuse_lowlevel_ops operations = [] {
+    struct fuse_lowlevel_ops ops {};
+    ops.init = op_init;
+    ops.lookup = op_lookup;
+    ops.getattr = op_getattr;
+    ops.setattr = op_setattr;
+    ops.opendir = op_opendir;
+    ops.readdir = op_readdir;
+    ops.open = op_open;
+    ops.read = op_read;
+    ops.write = op_write;
+    ops.create = op_create;
+    ops.lseek = op_lseek;
+    ops.statfs = op_statfs;
+    return ops;
+}();
+
+} // namespace
+
+void FuseFrontend::Impl::tune_read_ahead() const {
+    // The kernel reads ahead 128 KiB by default, which keeps FUSE requests
+    // small; 1 MiB requests roughly double sequential throughput here.
+    if (options.read_ahead_kb == 0)
+        return;
+    char* real = ::realpath(options.mount_point.c_str(), nullptr);
+    const std::string dir = real ? real : options.mount_point;
+    std::free(real);
+    const auto m = find_mount(dir);
+    if (!m)
+        return;
+    const std::string path = "/sys/class/bdi/" + std::to_string(m->major) + ":" +
+                             std::to_string(m->minor) + "/read_ahead_kb";
+    std::ofstream f(path);
+    f << options.read_ahead_kb << "\n";
+    f.flush();
+    if (!f)
+        spdlog::debug("cannot set {} (not root?); keeping the kernel's read-ahead", path);
+}
+
+FuseFrontend::FuseFrontend(FuseOptions options, std::vector<MountedFolder> folders)
+    : impl_(std::make_unique<Impl>()) {
+    impl_->options = std::move(options);
+    ::clock_gettime(CLOCK_REALTIME, &impl_->mount_time);
+    const fuse_ino_t root = impl_->add(0, "", true, nullptr);
+    for (auto& folder : folders) {
+        const fuse_ino_t dir = impl_->add(root, folder.name, true, nullptr);
+        for (auto& file : folder.files)
+            impl_->add(dir, file.name, false, std::move(file.device));
+    }
+}
+
+FuseFrontend::~FuseFrontend() = default;
+
+void FuseFrontend::run() {
+    const FuseOptions& o = impl_->options;
+    std::vector<std::string> argv_store{"p2vfsd", "-o",
+                                        "ro,default_permissions,fsname=p2vfs,subtype=p2vfsd"};
+    if (::geteuid() == 0)
+        argv_store.back() += ",allow_other";
+    if (o.debug)
+        argv_store.push_back("-d");
+    std::vector<char*> argv;
+    for (auto& s : argv_store)
+        argv.push_back(s.data());
+    struct fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+
+    struct fuse_session* se = fuse_session_new(&args, &operations, sizeof operations, impl_.get());
+    fuse_opt_free_args(&args);
+    if (!se)
+        throw MountError("cannot create a FUSE session (is /dev/fuse available?)", EIO);
+    struct SessionGuard {
+        fuse_session* se;
+        bool handlers = false;
+        bool mounted = false;
+        ~SessionGuard() {
+            if (mounted)
+                fuse_session_unmount(se);
+            if (handlers)
+                fuse_remove_signal_handlers(se);
+            fuse_session_destroy(se);
+        }
+    } guard{se};
+
+    if (fuse_set_signal_handlers(se) != 0)
+        throw MountError("cannot install signal handlers", EIO);
+    guard.handlers = true;
+    if (fuse_session_mount(se, o.mount_point.c_str()) != 0)
+        throw MountError("mount point " + o.mount_point + ": FUSE mount failed", EIO);
+    guard.mounted = true;
+    impl_->tune_read_ahead();
+    spdlog::info("ready: {} folder(s) mounted at {}", impl_->node(1)->children.size(),
+                 o.mount_point);
+
+    struct fuse_loop_config* cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_clone_fd(cfg, 1);
+    fuse_loop_cfg_set_max_threads(cfg, o.max_threads);
+    fuse_loop_cfg_set_idle_threads(cfg, std::max(1u, o.max_threads / 2));
+    const int rc = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    spdlog::info("unmounting {}", o.mount_point);
+    if (rc < 0)
+        spdlog::warn("FUSE loop ended with: {}", errno_text(-rc));
+}
+
+} // namespace p2vfs

@@ -14,6 +14,13 @@ std::string hex(uint64_t value) {
 
 std::string human_size(uint64_t bytes) {
     static constexpr std::array<const char*, 7> units{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    // An exact size prints whole in the unit that keeps it under 10000:
+    // "2040 GiB", as the limits are spoken of, not "2.0 TiB".
+    for (size_t u = units.size() - 1; u > 0; --u) {
+        const uint64_t unit = uint64_t{1} << (10 * u);
+        if (bytes % unit == 0 && bytes / unit > 0 && bytes / unit < 10000)
+            return std::to_string(bytes / unit) + " " + units[u];
+    }
     if (bytes < 1024)
         return std::to_string(bytes) + " B";
     double v = static_cast<double>(bytes);
@@ -23,11 +30,7 @@ std::string human_size(uint64_t bytes) {
         ++u;
     }
     char buf[32];
-    // Whole numbers print without a fraction: "2040 GiB", not "2040.0 GiB".
-    if (v == static_cast<double>(static_cast<uint64_t>(v)))
-        std::snprintf(buf, sizeof buf, "%llu %s", static_cast<unsigned long long>(v), units[u]);
-    else
-        std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+    std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : "%.1f %s", v, units[u]);
     return buf;
 }
 

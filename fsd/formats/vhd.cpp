@@ -37,8 +37,8 @@ uint64_t vhd_disk_size(const ViewRequest& req) {
     const bool mib = req.options.get_choice("round", {"sector", "mib"}) == "mib";
     const uint64_t size = round_up(req.source->size(), mib ? (1ULL << 20) : vhd::sector_size);
     if (size > vhd::max_disk_size)
-        throw FormatLimitError("VHD: disk of " + human_size(size) +
-                              (mib ? " (rounded up to whole MiB)" : "") +
+        throw FormatLimitError("VHD: disk of " + human_size(size) + " (" + std::to_string(size) +
+                              (mib ? " bytes, rounded up to whole MiB)" : " bytes)") +
                               " exceeds the format's " + human_size(vhd::max_disk_size) +
                               " limit");
     return size;

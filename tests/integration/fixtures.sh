@@ -9,9 +9,10 @@
 # temporary directory and renames it into the cache, so a killed build never
 # leaves a half-made fixture behind.
 #
-# Every byte is deterministic: data comes from AES-CTR keystreams keyed by a
-# name, mkfs uses a fixed UUID, hash seed and clock. Two builds of the same
-# recipe give the same image, so a failure can be reproduced from scratch.
+# Data is deterministic: it comes from AES-CTR keystreams keyed by a name, and
+# mkfs uses a fixed UUID, hash seed and clock. Two builds of the same recipe
+# give the same image, except for the inode change times in sparse-ext4
+# (mkfs -d copies them from the tree, and a ctime cannot be set).
 #
 # The cache key is a hash of this file: changing any recipe rebuilds.
 #

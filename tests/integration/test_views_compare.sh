@@ -1,0 +1,85 @@
+#!/bin/bash
+# Every view of every source holds the source's bytes, as readers that no one
+# here wrote see them:
+#  - qemu-img compare (source as raw, view in its format) says "identical";
+#  - qemu-img info names the format and the virtual size (the source size
+#    rounded up to 512 bytes; qemu reports raw files that way too, and
+#    stat(2) of disk.raw must be the exact source size);
+#  - qemu-img check passes the VMDK, and reports "not supported" (exit 63)
+#    for raw and vpc, so a change in qemu is noticed;
+#  - libyal's vhdiinfo and vmdkinfo open the VHDs and the VMDK and report
+#    the same media size.
+source "$(dirname "$0")/lib.sh"
+need_root
+need_cmd qemu-img vhdiinfo vmdkinfo
+
+declare -A SRC=()
+SRC[sparse]=$(fixture sparse-ext4)
+SRC[random]=$(fixture random)
+SRC[tiny]=$(fixture tiny)
+SRC[odd]=$(fixture odd)
+
+args=()
+for name in "${!SRC[@]}"; do
+    args+=(--source "$name=${SRC[$name]}")
+done
+MNT=$T/mnt
+start_daemon "$MNT" "${args[@]}"
+
+# libyal info tools print "Media size : 10 MiB (10485760 bytes)".
+libyal_media_size() { # TOOL FILE
+    local out
+    out=$("$1" "$2") || fail "$1 $2 exited with status $?"
+    sed -n 's/.*Media size.*(\([0-9]*\) bytes).*/\1/p' <<<"$out" | head -n 1
+}
+
+for name in sparse random tiny odd; do
+    src=${SRC[$name]}
+    size=$(stat -c %s "$src")
+    dir=$MNT/$name
+    [[ -d $dir ]] || fail "$dir is missing"
+    listing=$(cd "$dir" && ls | sort | tr '\n' ' ')
+    assert_eq "disk-fixed.vhd disk.raw disk.vhd disk.vmdk " "$listing" "files in $dir"
+
+    assert_eq "$size" "$(stat -c %s "$dir/disk.raw")" "$name: size of disk.raw"
+
+    for view in "${VIEWS[@]}"; do
+        f=$dir/$view
+        fmt=$(qemu_format "$view")
+        what="$name/$view"
+        log "checking $what"
+
+        run_rc qemu-img compare -f raw -F "$fmt" "$src" "$f"
+        [[ $RC -eq 0 ]] || fail "$what: qemu-img compare exited $RC: $(cat "$T/run.out" "$T/run.err")"
+        assert_eq "Images are identical." "$(cat "$T/run.out")" "$what: qemu-img compare output"
+
+        assert_eq "$fmt" "$(qemu_format_name "$fmt" "$f")" "$what: qemu-img info format"
+        want=$(expected_virtual_size "$view" "$size")
+        [[ $view == disk.raw ]] && want=$(round_up "$size" 512)
+        assert_eq "$want" "$(qemu_virtual_size "$fmt" "$f")" "$what: qemu-img info virtual-size"
+
+        run_rc qemu-img check -f "$fmt" "$f"
+        case $fmt in
+        vmdk)
+            [[ $RC -eq 0 ]] || fail "$what: qemu-img check exited $RC: $(cat "$T/run.out" "$T/run.err")"
+            assert_file_contains "$T/run.out" "^No errors were found on the image\.$" "$what: qemu-img check"
+            ;;
+        *)
+            assert_eq 63 "$RC" "$what: qemu-img check -f $fmt exit status (format has no checks)"
+            ;;
+        esac
+
+        case $view in
+        *.vhd)
+            assert_eq "$(round_up "$size" 512)" "$(libyal_media_size vhdiinfo "$f")" \
+                "$what: vhdiinfo media size"
+            ;;
+        *.vmdk)
+            assert_eq "$(round_up "$size" 512)" "$(libyal_media_size vmdkinfo "$f")" \
+                "$what: vmdkinfo media size"
+            ;;
+        esac
+    done
+done
+
+stop_daemon

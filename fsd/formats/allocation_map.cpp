@@ -49,13 +49,22 @@ std::optional<uint64_t> AllocationMap::ordinal(uint64_t block) const {
     return it->first_ordinal + (block - it->first_block);
 }
 
-uint64_t AllocationMap::block_at(uint64_t ordinal) const {
+std::vector<AllocationMap::Run>::const_iterator AllocationMap::run_of_ordinal(uint64_t ordinal) const {
     auto it = std::upper_bound(runs_.begin(), runs_.end(), ordinal,
                                [](uint64_t o, const Run& r) { return o < r.first_ordinal; });
     if (it == runs_.begin() || ordinal >= allocated_)
         throw Error("allocation map: no stored block number " + std::to_string(ordinal));
-    --it;
+    return --it;
+}
+
+uint64_t AllocationMap::block_at(uint64_t ordinal) const {
+    const auto it = run_of_ordinal(ordinal);
     return it->first_block + (ordinal - it->first_ordinal);
+}
+
+uint64_t AllocationMap::run_remaining(uint64_t ordinal) const {
+    const auto it = run_of_ordinal(ordinal);
+    return it->count - (ordinal - it->first_ordinal);
 }
 
 } // namespace p2vfs

@@ -37,8 +37,13 @@ public:
 
     std::optional<uint64_t> ordinal(uint64_t block) const;
     uint64_t block_at(uint64_t ordinal) const;
+    // How many stored blocks from `ordinal` on are consecutive on the disk
+    // (the rest of its run): a read may take them as one range.
+    uint64_t run_remaining(uint64_t ordinal) const;
 
 private:
+    std::vector<Run>::const_iterator run_of_ordinal(uint64_t ordinal) const;
+
     uint64_t block_size_ = 0;
     uint64_t block_count_ = 0;
     uint64_t allocated_ = 0;

@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "fuse/mount_point.h"
+#include "fuse/splice_pipe.h"
 
 #include <fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
@@ -242,13 +243,17 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
     const size_t length = static_cast<size_t>(std::min<uint64_t>(size, file_size - offset));
     try {
         if (impl.options.splice) {
-            if (auto span = dev.fd_span(offset, length)) {
-                struct fuse_bufvec bv = FUSE_BUFVEC_INIT(length);
-                bv.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-                bv.buf[0].fd = span->fd;
-                bv.buf[0].pos = static_cast<off_t>(span->offset);
-                fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-                return;
+            thread_local SplicePipe pipe(max_read_bytes);
+            if (pipe.fits(length)) {
+                if (auto span = dev.fd_span(offset, length)) {
+                    pipe.fill(span->fd, span->offset, length);
+                    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(length);
+                    bv.buf[0].flags = FUSE_BUF_IS_FD;
+                    bv.buf[0].fd = pipe.read_end();
+                    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+                    pipe.reset_if_dirty();
+                    return;
+                }
             }
         }
         thread_local std::vector<unsigned char> buffer;

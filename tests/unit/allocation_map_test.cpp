@@ -63,3 +63,20 @@ TEST(AllocationMap, EmptyDiskStoresNothing) {
 
 } // namespace
 } // namespace p2vfs
+
+namespace p2vfs {
+namespace {
+
+TEST(AllocationMap, RunRemainingCountsConsecutiveStoredBlocks) {
+    const std::vector<Extent> ext{{0, 3 * 4096, ExtentType::Data},
+                                  {3 * 4096, 4096, ExtentType::Hole},
+                                  {4 * 4096, 2 * 4096, ExtentType::Data}};
+    AllocationMap m(ext, 6 * 4096, 4096);
+    EXPECT_EQ(m.run_remaining(0), 3u);
+    EXPECT_EQ(m.run_remaining(2), 1u);
+    EXPECT_EQ(m.run_remaining(3), 2u); // block 4
+    EXPECT_EQ(m.run_remaining(4), 1u);
+}
+
+} // namespace
+} // namespace p2vfs

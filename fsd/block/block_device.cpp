@@ -8,7 +8,9 @@ void BlockDevice::write(const void*, size_t, uint64_t offset) {
     throw UnsupportedError(name() + ": write at " + hex(offset) + " refused: read-only");
 }
 
-std::optional<FdSpan> BlockDevice::fd_span(uint64_t, size_t) { return std::nullopt; }
+std::optional<FdSpan> BlockDevice::fd_span(uint64_t, size_t) {
+    return std::nullopt;
+}
 
 void append_extent(std::vector<Extent>& out, Extent e) {
     if (e.length == 0)

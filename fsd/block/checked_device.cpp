@@ -6,7 +6,8 @@
 
 namespace p2vfs {
 
-CheckedDevice::CheckedDevice(DevicePtr next) : FilterDevice(std::move(next)), size_(next_->size()) {}
+CheckedDevice::CheckedDevice(DevicePtr next)
+    : FilterDevice(std::move(next)), size_(next_->size()) {}
 
 void CheckedDevice::check_range(const char* op, uint64_t length, uint64_t offset) const {
     if (offset > size_ || length > size_ - offset)

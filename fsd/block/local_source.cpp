@@ -2,17 +2,16 @@
 
 #include "common/error.h"
 
-#include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <memory>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace p2vfs {
 namespace {
@@ -82,8 +81,8 @@ LocalSource::~LocalSource() {
 }
 
 std::string LocalSource::identity() const {
-    return std::string(block_device_ ? "blockdev:" : "file:") + canonical_ + "|size=" +
-           std::to_string(size_);
+    return std::string(block_device_ ? "blockdev:" : "file:") + canonical_ +
+           "|size=" + std::to_string(size_);
 }
 
 void LocalSource::read(void* buf, size_t length, uint64_t offset) {
@@ -94,7 +93,8 @@ void LocalSource::read(void* buf, size_t length, uint64_t offset) {
     auto* out = static_cast<unsigned char*>(buf);
     size_t done = 0;
     while (done < length) {
-        const ssize_t n = ::pread(fd_, out + done, length - done, static_cast<off_t>(offset + done));
+        const ssize_t n =
+            ::pread(fd_, out + done, length - done, static_cast<off_t>(offset + done));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -116,8 +116,8 @@ void LocalSource::read_direct(void* buf, size_t length, uint64_t offset) {
     // cover of the request into a bounce buffer, copy out the part asked for.
     const uint64_t a = direct_align_;
     const uint64_t start = offset / a * a;
-    const uint64_t end = std::min<uint64_t>((offset + length + a - 1) / a * a,
-                                            (size_ + a - 1) / a * a);
+    const uint64_t end =
+        std::min<uint64_t>((offset + length + a - 1) / a * a, (size_ + a - 1) / a * a);
     const size_t span = static_cast<size_t>(end - start);
     void* raw = nullptr;
     if (::posix_memalign(&raw, a, span) != 0)

@@ -63,8 +63,14 @@ using le32 = EndianField<uint32_t, false>;
 using le64 = EndianField<uint64_t, false>;
 static_assert(sizeof(be64) == 8 && alignof(be64) == 1);
 
-constexpr uint64_t div_round_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
-constexpr uint64_t round_up(uint64_t a, uint64_t b) { return div_round_up(a, b) * b; }
-constexpr uint64_t round_down(uint64_t a, uint64_t b) { return a / b * b; }
+constexpr uint64_t div_round_up(uint64_t a, uint64_t b) {
+    return (a + b - 1) / b;
+}
+constexpr uint64_t round_up(uint64_t a, uint64_t b) {
+    return div_round_up(a, b) * b;
+}
+constexpr uint64_t round_down(uint64_t a, uint64_t b) {
+    return a / b * b;
+}
 
 } // namespace p2vfs

@@ -13,7 +13,8 @@ std::string hex(uint64_t value) {
 }
 
 std::string human_size(uint64_t bytes) {
-    static constexpr std::array<const char*, 7> units{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    static constexpr std::array<const char*, 7> units{"B",   "KiB", "MiB", "GiB",
+                                                      "TiB", "PiB", "EiB"};
     // An exact size prints whole in the unit that keeps it under 10000:
     // "2040 GiB", as the limits are spoken of, not "2.0 TiB".
     for (size_t u = units.size() - 1; u > 0; --u) {

@@ -14,7 +14,8 @@ namespace p2vfs {
 class Error : public std::runtime_error {
 public:
     // `err` is the errno a FUSE reader should see for this failure.
-    explicit Error(const std::string& what, int err = EIO) : std::runtime_error(what), errno_(err) {}
+    explicit Error(const std::string& what, int err = EIO)
+        : std::runtime_error(what), errno_(err) {}
     int error_number() const noexcept { return errno_; }
 
 private:

@@ -4,7 +4,6 @@
 #include "formats/format.h"
 
 #include <getopt.h>
-
 #include <set>
 
 namespace p2vfs {
@@ -24,8 +23,8 @@ bool valid_folder_name(const std::string& s) {
 std::string usage_text() {
     std::string formats;
     for (const Format* f : format_table()) {
-        formats += "  " + std::string(f->name) + " (" + std::string(f->file_name) + "): " +
-                   std::string(f->description) + "\n";
+        formats += "  " + std::string(f->name) + " (" + std::string(f->file_name) +
+                   "): " + std::string(f->description) + "\n";
         for (const FormatOption& o : f->options)
             formats += "      " + std::string(f->name) + "." + std::string(o.name) + "=" +
                        std::string(o.default_value) + "  " + std::string(o.help) + "\n";
@@ -53,7 +52,14 @@ std::string usage_text() {
 }
 
 DaemonArgs parse_command_line(int argc, char** argv) {
-    enum { opt_direct = 256, opt_no_splice, opt_threads, opt_log_level, opt_fuse_debug, opt_version };
+    enum {
+        opt_direct = 256,
+        opt_no_splice,
+        opt_threads,
+        opt_log_level,
+        opt_fuse_debug,
+        opt_version
+    };
     static const struct option long_options[] = {
         {"mount", required_argument, nullptr, 'm'},
         {"source", required_argument, nullptr, 's'},
@@ -84,7 +90,8 @@ DaemonArgs parse_command_line(int argc, char** argv) {
                 throw InvalidArgument("--source " + v + ": expected NAME=SPEC");
             SourceArg s{v.substr(0, eq), v.substr(eq + 1)};
             if (!valid_folder_name(s.name))
-                throw InvalidArgument("--source " + v + ": NAME may hold only letters, digits, "
+                throw InvalidArgument("--source " + v +
+                                      ": NAME may hold only letters, digits, "
                                       "'.', '_' and '-'");
             if (!names.insert(s.name).second)
                 throw InvalidArgument("--source " + v + ": NAME '" + s.name + "' given twice");

@@ -8,9 +8,8 @@
 #include "fuse/fuse_frontend.h"
 #include "fuse/mount_point.h"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
+#include <spdlog/spdlog.h>
 
 namespace {
 

@@ -7,8 +7,7 @@
 
 namespace p2vfs {
 
-AllocationMap::AllocationMap(const std::vector<Extent>& extents, uint64_t size,
-                             uint64_t block_size)
+AllocationMap::AllocationMap(const std::vector<Extent>& extents, uint64_t size, uint64_t block_size)
     : block_size_(block_size), block_count_(div_round_up(size, block_size)) {
     for (const Extent& e : extents) {
         if (e.type != ExtentType::Data || e.length == 0)
@@ -49,7 +48,8 @@ std::optional<uint64_t> AllocationMap::ordinal(uint64_t block) const {
     return it->first_ordinal + (block - it->first_block);
 }
 
-std::vector<AllocationMap::Run>::const_iterator AllocationMap::run_of_ordinal(uint64_t ordinal) const {
+std::vector<AllocationMap::Run>::const_iterator
+AllocationMap::run_of_ordinal(uint64_t ordinal) const {
     auto it = std::upper_bound(runs_.begin(), runs_.end(), ordinal,
                                [](uint64_t o, const Run& r) { return o < r.first_ordinal; });
     if (it == runs_.begin() || ordinal >= allocated_)

@@ -3,7 +3,6 @@
 #include "block/checked_device.h"
 #include "common/error.h"
 
-
 namespace p2vfs {
 const std::string& ViewOptions::get(const std::string& key) const {
     auto it = values_.find(key);
@@ -76,8 +75,10 @@ ViewOptions resolve_options(const Format& format, const std::map<std::string, st
 DevicePtr make_view(const Format& format, DevicePtr source,
                     const std::map<std::string, std::string>& options, std::string file_name) {
     if (format.max_size != 0 && source->size() > format.max_size)
-        throw FormatLimitError(std::string(format.label) + ": disk of " + human_size(source->size()) + " (" +
-                              std::to_string(source->size()) + " bytes) exceeds the format's " + human_size(format.max_size) + " limit");
+        throw FormatLimitError(std::string(format.label) + ": disk of " +
+                               human_size(source->size()) + " (" + std::to_string(source->size()) +
+                               " bytes) exceeds the format's " + human_size(format.max_size) +
+                               " limit");
     ViewRequest req{checked(std::move(source)),
                     file_name.empty() ? std::string(format.file_name) : std::move(file_name),
                     resolve_options(format, options)};

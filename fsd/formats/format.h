@@ -50,7 +50,7 @@ private:
 };
 
 struct ViewRequest {
-    DevicePtr source;     // the disk to show
+    DevicePtr source;      // the disk to show
     std::string file_name; // the name the view has in the mount ("disk.vmdk")
     ViewOptions options;   // complete: every option of the format, defaults filled in
 };
@@ -76,7 +76,6 @@ ViewOptions resolve_options(const Format& format, const std::map<std::string, st
 // Makes the view of `source` in `format`, checking the format's size limit
 // first: "VHD: disk of 2.1 TiB exceeds the format's 2040 GiB limit".
 DevicePtr make_view(const Format& format, DevicePtr source,
-                    const std::map<std::string, std::string>& options,
-                    std::string file_name = {});
+                    const std::map<std::string, std::string>& options, std::string file_name = {});
 
 } // namespace p2vfs

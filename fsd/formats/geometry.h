@@ -13,9 +13,7 @@ struct Chs {
     uint32_t cylinders;
     uint32_t heads;
     uint32_t sectors_per_track;
-    uint64_t total_sectors() const {
-        return uint64_t{cylinders} * heads * sectors_per_track;
-    }
+    uint64_t total_sectors() const { return uint64_t{cylinders} * heads * sectors_per_track; }
     bool operator==(const Chs&) const = default;
 };
 

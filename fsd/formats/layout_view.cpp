@@ -42,7 +42,9 @@ void LayoutView::add_device(DevicePtr dev, uint64_t dev_offset, uint64_t length)
 void LayoutView::add_hole(uint64_t length) {
     add_generated(
         length, [](unsigned char* out, size_t n, uint64_t) { std::memset(out, 0, n); },
-        [](uint64_t rel, uint64_t n) { return std::vector<Extent>{{rel, n, ExtentType::Hole}}; });
+        [](uint64_t rel, uint64_t n) {
+            return std::vector<Extent>{{rel, n, ExtentType::Hole}};
+        });
 }
 
 const LayoutView::Segment& LayoutView::segment_at(uint64_t offset) const {
@@ -99,8 +101,7 @@ std::optional<FdSpan> LayoutView::fd_span(uint64_t offset, size_t length) {
 namespace p2vfs {
 
 void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
-                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian,
-                    uint32_t pad) {
+                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian, uint32_t pad) {
     uint64_t i = rel / 4;
     size_t skip = static_cast<size_t>(rel % 4);
     while (length > 0) {

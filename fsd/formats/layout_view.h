@@ -64,7 +64,6 @@ namespace p2vfs {
 // i < entries and `pad` after them — how BATs, grain directories and grain
 // tables are served without ever being built whole.
 void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
-                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian,
-                    uint32_t pad);
+                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian, uint32_t pad);
 
 } // namespace p2vfs

@@ -19,7 +19,8 @@ private:
 
 } // namespace
 
-extern const Format raw_format{ // extern: listed in format_table.cpp
+extern const Format raw_format{
+    // extern: listed in format_table.cpp
     "raw",
     "raw",
     "disk.raw",

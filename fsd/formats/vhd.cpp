@@ -38,9 +38,9 @@ uint64_t vhd_disk_size(const ViewRequest& req) {
     const uint64_t size = round_up(req.source->size(), mib ? (1ULL << 20) : vhd::sector_size);
     if (size > vhd::max_disk_size)
         throw FormatLimitError("VHD: disk of " + human_size(size) + " (" + std::to_string(size) +
-                              (mib ? " bytes, rounded up to whole MiB)" : " bytes)") +
-                              " exceeds the format's " + human_size(vhd::max_disk_size) +
-                              " limit");
+                               (mib ? " bytes, rounded up to whole MiB)" : " bytes)") +
+                               " exceeds the format's " + human_size(vhd::max_disk_size) +
+                               " limit");
     return size;
 }
 
@@ -62,7 +62,8 @@ std::vector<unsigned char> make_footer(const ViewRequest& req, const std::string
     f.heads = static_cast<unsigned char>(chs.heads);
     f.sectors_per_track = static_cast<unsigned char>(chs.sectors_per_track);
     f.disk_type.set(dynamic ? vhd::disk_type_dynamic : vhd::disk_type_fixed);
-    const auto uid = stable_uuid(kind + "|" + req.options.canonical() + "|" + req.source->identity());
+    const auto uid =
+        stable_uuid(kind + "|" + req.options.canonical() + "|" + req.source->identity());
     std::memcpy(f.unique_id, uid.data(), uid.size());
     f.checksum.set(vhd::checksum(&f, sizeof f));
     const auto* p = reinterpret_cast<const unsigned char*>(&f);
@@ -130,8 +131,8 @@ public:
         data_ = grown(req.source, round_up(size, block_size));
         map_ = AllocationMap::of(*req.source, block_size);
         const uint64_t entries = div_round_up(size, block_size);
-        const uint64_t bitmap_bytes = round_up(div_round_up(block_size / vhd::sector_size, 8),
-                                               vhd::sector_size);
+        const uint64_t bitmap_bytes =
+            round_up(div_round_up(block_size / vhd::sector_size, 8), vhd::sector_size);
         const uint64_t stride = bitmap_bytes + block_size;
         const uint64_t bat_offset = 3 * vhd::sector_size;
         const uint64_t bat_bytes = round_up(entries * 4, vhd::sector_size);
@@ -153,7 +154,7 @@ public:
 
         const AllocationMap* map = &map_;
         add_generated(bat_bytes, [map, entries, data_start, stride](unsigned char* out, size_t n,
-                                                                     uint64_t rel) {
+                                                                    uint64_t rel) {
             fill_u32_table(
                 out, n, rel, entries,
                 [map, data_start, stride](uint64_t block) {
@@ -179,7 +180,8 @@ private:
 
 } // namespace
 
-extern const Format vhd_dynamic_format{ // extern: listed in format_table.cpp
+extern const Format vhd_dynamic_format{
+    // extern: listed in format_table.cpp
     "vhd",
     "VHD",
     "disk.vhd",
@@ -190,7 +192,8 @@ extern const Format vhd_dynamic_format{ // extern: listed in format_table.cpp
     [](const ViewRequest& req) -> DevicePtr { return std::make_shared<VhdDynamicView>(req); },
 };
 
-extern const Format vhd_fixed_format{ // extern: listed in format_table.cpp
+extern const Format vhd_fixed_format{
+    // extern: listed in format_table.cpp
     "vhd-fixed",
     "VHD",
     "disk-fixed.vhd",

@@ -22,8 +22,8 @@ inline constexpr uint64_t max_disk_size = 2040ULL << 30;
 inline constexpr uint64_t default_block_size = 2ULL << 20;
 
 struct Footer {
-    char cookie[8]; // "conectix"
-    be32 features;  // 0x2: reserved bit, always set
+    char cookie[8];           // "conectix"
+    be32 features;            // 0x2: reserved bit, always set
     be32 file_format_version; // 0x00010000
     be64 data_offset;         // dynamic header offset; no_offset for fixed
     be32 timestamp;           // seconds since 2000-01-01 00:00:00 UTC
@@ -53,9 +53,9 @@ struct ParentLocator {
 static_assert(sizeof(ParentLocator) == 24);
 
 struct DynamicHeader {
-    char cookie[8];   // "cxsparse"
-    be64 data_offset; // unused: no_offset
-    be64 table_offset; // absolute byte offset of the BAT
+    char cookie[8];      // "cxsparse"
+    be64 data_offset;    // unused: no_offset
+    be64 table_offset;   // absolute byte offset of the BAT
     be32 header_version; // 0x00010000
     be32 max_table_entries;
     be32 block_size;

@@ -35,7 +35,8 @@ std::string descriptor_text(const ViewRequest& req, uint64_t capacity_sectors) {
     if (adapter == "pvscsi" && hw < 7)
         throw InvalidArgument("VMDK: adapter=pvscsi needs hwversion 7 or later (given " +
                               std::to_string(hw) + ")");
-    const auto id = stable_hash128("vmdk|" + req.options.canonical() + "|" + req.source->identity());
+    const auto id =
+        stable_hash128("vmdk|" + req.options.canonical() + "|" + req.source->identity());
     char cid[9];
     std::snprintf(cid, sizeof cid, "%02x%02x%02x%02x", id[0], id[1], id[2], id[3]);
     std::string long_cid;
@@ -155,27 +156,28 @@ public:
         const AllocationMap* map = &map_;
         for (uint64_t dir : {rgd, gd}) {
             const uint64_t first_gt = dir + gd_sectors;
-            add_generated(gd_sectors * vmdk::sector_size,
-                          [tables, first_gt, gt_sectors](unsigned char* out, size_t n, uint64_t rel) {
-                              fill_u32_table(
-                                  out, n, rel, tables,
-                                  [first_gt, gt_sectors](uint64_t t) {
-                                      return static_cast<uint32_t>(first_gt + t * gt_sectors);
-                                  },
-                                  false, 0);
-                          });
-            add_generated(tables * gt_sectors * vmdk::sector_size,
-                          [map, grains, over_head, grain_sectors](unsigned char* out, size_t n,
-                                                                   uint64_t rel) {
-                              fill_u32_table(
-                                  out, n, rel, grains,
-                                  [map, over_head, grain_sectors](uint64_t g) {
-                                      const auto o = map->ordinal(g);
-                                      return o ? static_cast<uint32_t>(over_head + *o * grain_sectors)
-                                               : 0u;
-                                  },
-                                  false, 0);
-                          });
+            add_generated(
+                gd_sectors * vmdk::sector_size,
+                [tables, first_gt, gt_sectors](unsigned char* out, size_t n, uint64_t rel) {
+                    fill_u32_table(
+                        out, n, rel, tables,
+                        [first_gt, gt_sectors](uint64_t t) {
+                            return static_cast<uint32_t>(first_gt + t * gt_sectors);
+                        },
+                        false, 0);
+                });
+            add_generated(
+                tables * gt_sectors * vmdk::sector_size,
+                [map, grains, over_head, grain_sectors](unsigned char* out, size_t n,
+                                                        uint64_t rel) {
+                    fill_u32_table(
+                        out, n, rel, grains,
+                        [map, over_head, grain_sectors](uint64_t g) {
+                            const auto o = map->ordinal(g);
+                            return o ? static_cast<uint32_t>(over_head + *o * grain_sectors) : 0u;
+                        },
+                        false, 0);
+                });
         }
         pad_to(over_head * vmdk::sector_size);
 
@@ -187,9 +189,10 @@ public:
             map_.allocated_count() * grain_bytes,
             [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); }, {},
             [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
-        if (over_head > 0xffffffffULL || over_head + map_.allocated_count() * grain_sectors > 0xffffffffULL)
+        if (over_head > 0xffffffffULL ||
+            over_head + map_.allocated_count() * grain_sectors > 0xffffffffULL)
             throw FormatLimitError("VMDK: disk of " + human_size(req.source->size()) +
-                                  " needs sector offsets beyond 32 bits");
+                                   " needs sector offsets beyond 32 bits");
     }
 
 private:
@@ -199,7 +202,8 @@ private:
 
 } // namespace
 
-extern const Format vmdk_sparse_format{ // extern: listed in format_table.cpp
+extern const Format vmdk_sparse_format{
+    // extern: listed in format_table.cpp
     "vmdk",
     "VMDK",
     "disk.vmdk",

@@ -24,8 +24,8 @@ struct SparseExtentHeader {
     le32 magic_number;
     le32 version; // 1
     le32 flags;
-    le64 capacity;    // sectors
-    le64 grain_size;  // sectors
+    le64 capacity;   // sectors
+    le64 grain_size; // sectors
     le64 descriptor_offset;
     le64 descriptor_size;
     le32 num_gtes_per_gt;
@@ -33,10 +33,10 @@ struct SparseExtentHeader {
     le64 gd_offset;
     le64 over_head; // sectors before the first grain
     unsigned char unclean_shutdown;
-    char single_end_line_char;   // '\n'
-    char non_end_line_char;      // ' '
-    char double_end_line_char1;  // '\r'
-    char double_end_line_char2;  // '\n'
+    char single_end_line_char;  // '\n'
+    char non_end_line_char;     // ' '
+    char double_end_line_char1; // '\r'
+    char double_end_line_char2; // '\n'
     le16 compress_algorithm;
     unsigned char pad[433];
 };

@@ -6,16 +6,15 @@
 #include "fuse/mount_point.h"
 #include "fuse/splice_pipe.h"
 
-#include <fuse_lowlevel.h>
-#include <spdlog/spdlog.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <fuse_lowlevel.h>
 #include <mutex>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace p2vfs {
 namespace {
@@ -30,10 +29,10 @@ struct Node {
     fuse_ino_t parent;
     std::string name;
     bool is_dir;
-    DevicePtr device;                  // files only
-    std::vector<fuse_ino_t> children;  // folders only
+    DevicePtr device;                 // files only
+    std::vector<fuse_ino_t> children; // folders only
     mutable std::once_flag allocated_once;
-    mutable uint64_t allocated = 0;    // bytes in Data/Zero extents
+    mutable uint64_t allocated = 0; // bytes in Data/Zero extents
 };
 
 } // namespace

@@ -1,13 +1,12 @@
 #include "fuse/mount_point.h"
 
+#include <fstream>
 #include <spdlog/spdlog.h>
+#include <sstream>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fstream>
-#include <sstream>
 
 namespace p2vfs {
 namespace {
@@ -85,9 +84,8 @@ void prepare_mount_point(const std::string& dir) {
                              ENOTCONN);
         if (::stat(dir.c_str(), &st) != 0) {
             const int e = errno;
-            throw MountError("mount point " + dir + " after detaching a stale mount: " +
-                                 errno_text(e),
-                             e);
+            throw MountError(
+                "mount point " + dir + " after detaching a stale mount: " + errno_text(e), e);
         }
         spdlog::info("mount point {}: stale mount detached", dir);
     }

@@ -9,9 +9,13 @@
 
 namespace p2vfs {
 
-SplicePipe::SplicePipe(size_t capacity) : wanted_(capacity) { open_pipe(); }
+SplicePipe::SplicePipe(size_t capacity) : wanted_(capacity) {
+    open_pipe();
+}
 
-SplicePipe::~SplicePipe() { close_pipe(); }
+SplicePipe::~SplicePipe() {
+    close_pipe();
+}
 
 void SplicePipe::open_pipe() {
     int fds[2];
@@ -22,8 +26,8 @@ void SplicePipe::open_pipe() {
     read_fd_ = fds[0];
     write_fd_ = fds[1];
     const int got = ::fcntl(write_fd_, F_SETPIPE_SZ, static_cast<int>(wanted_));
-    capacity_ = got > 0 ? static_cast<size_t>(got)
-                        : static_cast<size_t>(::fcntl(write_fd_, F_GETPIPE_SZ));
+    capacity_ =
+        got > 0 ? static_cast<size_t>(got) : static_cast<size_t>(::fcntl(write_fd_, F_GETPIPE_SZ));
 }
 
 void SplicePipe::close_pipe() {

@@ -80,6 +80,15 @@ assert_file_contains() { # FILE REGEX [WHAT]: grep -E
     }
 }
 
+assert_file_has_text() { # FILE TEXT [WHAT]: grep -F
+    grep -Fq -- "$2" "$1" || {
+        printf -- '--- %s\n' "$1" >&2
+        cat "$1" >&2 || true
+        printf -- '---\n' >&2
+        fail "${3:-$1}: no line contains '$2'"
+    }
+}
+
 assert_file_lacks() { # FILE REGEX [WHAT]
     if grep -Eq -- "$2" "$1"; then
         printf -- '--- %s\n' "$1" >&2
@@ -210,9 +219,12 @@ _detach_loop() {
 
 # ---------------------------------------------------------------- processes
 
-# bg_tracked CMD...: starts CMD in the background; BG_PID; killed at exit.
+# bg_tracked CMD...: starts CMD in the background, stderr to a log file shown
+# when the test fails; sets BG_PID; killed at exit.
 bg_tracked() {
-    "$@" &
+    local log="$T/bg.${#_LOGS[@]}.log"
+    _LOGS+=("$log")
+    "$@" 2>"$log" &
     BG_PID=$!
     push_cleanup _kill_pid "$BG_PID"
 }
@@ -264,7 +276,8 @@ _daemon_ready() { # PID MNT LOG
 start_daemon() {
     local mnt=$1 n log
     shift
-    mkdir -p "$mnt"
+    # (A dead FUSE mount fails stat with ENOTCONN: leave it to the daemon.)
+    is_mounted "$mnt" || mkdir -p "$mnt"
     n=${#_LOGS[@]}
     log="$T/daemon.$n.log"
     _LOGS+=("$log")
@@ -331,7 +344,9 @@ daemon_alive() { # [MNT]
 
 # run_daemon_fg ARGS...: runs p2vfsd in the foreground (for start-up
 # failures) with a 15 s limit; status in RC (124: it did not exit), stderr in
-# $T/run.err. Any mount it left is removed at exit.
+# $T/run.err. Any mount it left is removed at exit. A command in the array
+# DAEMON_WRAPPER (e.g. setpriv ...) runs the daemon when set.
+DAEMON_WRAPPER=()
 run_daemon_fg() {
     local a prev=
     for a in "$@"; do
@@ -341,13 +356,14 @@ run_daemon_fg() {
         prev=$a
     done
     RC=0
-    timeout -k 5 15 "$P2VFSD" "$@" >"$T/run.out" 2>"$T/run.err" </dev/null || RC=$?
+    timeout -k 5 15 "${DAEMON_WRAPPER[@]}" "$P2VFSD" "$@" >"$T/run.out" 2>"$T/run.err" </dev/null || RC=$?
 }
 
-# expect_startup_error STATUS REGEX [WHAT]: after run_daemon_fg, asserts the
-# exit status and exactly one line on stderr matching REGEX, nothing on stdout.
+# expect_startup_error STATUS TEXT [WHAT]: after run_daemon_fg, asserts the
+# exit status and exactly one line on stderr, containing TEXT; nothing on
+# stdout.
 expect_startup_error() {
-    local want=$1 re=$2 what=${3:-p2vfsd}
+    local want=$1 text=$2 what=${3:-p2vfsd}
     if [[ $RC -ne $want ]]; then
         printf -- '--- stderr\n' >&2
         cat "$T/run.err" >&2
@@ -355,8 +371,24 @@ expect_startup_error() {
         fail "$what: expected exit status $want, got $RC"
     fi
     assert_lines 1 "$T/run.err" "$what: stderr"
-    assert_file_contains "$T/run.err" "$re" "$what: stderr"
+    assert_file_has_text "$T/run.err" "$text" "$what: stderr"
     assert_lines 0 "$T/run.out" "$what: stdout"
+}
+
+# expect_error_line STATUS TEXT [WHAT]: after run_daemon_fg, asserts the exit
+# status and exactly one error line on stderr, containing TEXT (info lines
+# logged before the failure are allowed).
+expect_error_line() {
+    local want=$1 text=$2 what=${3:-p2vfsd}
+    if [[ $RC -ne $want ]]; then
+        printf -- '--- stderr\n' >&2
+        cat "$T/run.err" >&2
+        printf -- '---\n' >&2
+        fail "$what: expected exit status $want, got $RC"
+    fi
+    grep -i error "$T/run.err" >"$T/run.errlines" || true
+    assert_lines 1 "$T/run.errlines" "$what: error lines on stderr"
+    assert_file_has_text "$T/run.errlines" "$text" "$what: error line"
 }
 
 # ---------------------------------------------------------------- fixtures
@@ -430,6 +462,17 @@ qemu_info() {
 
 qemu_virtual_size() { qemu_info "$1" "$2" virtual-size; }
 qemu_format_name() { qemu_info "$1" "$2" format; }
+
+# qemu_extract FORMAT FILE OFFSET LENGTH OUT: LENGTH bytes of FILE's virtual
+# disk at OFFSET, as qemu reads them, into the raw file OUT. (qemu-img dd
+# cannot skip this far into a 1 TiB disk; a raw node with offset and size
+# over the format node can.) FILE must not contain commas.
+qemu_extract() {
+    rm -f "$5"
+    qemu-img convert -O raw --image-opts \
+        "driver=raw,offset=$3,size=$4,file.driver=$1,file.file.driver=file,file.file.filename=$2" \
+        "$5"
+}
 
 # Allocated bytes of FILE counted in whole BLOCK-sized blocks (a block holding
 # any data counts fully), as SEEK_DATA/SEEK_HOLE report them.

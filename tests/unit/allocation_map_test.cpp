@@ -1,6 +1,5 @@
-#include "formats/allocation_map.h"
-
 #include "common/error.h"
+#include "formats/allocation_map.h"
 
 #include <gtest/gtest.h>
 

@@ -17,7 +17,9 @@ TEST(HumanSize, OtherSizesPrintWithAFraction) {
     EXPECT_EQ(human_size(100ULL * 1000 * 1000), "95.4 MiB");
 }
 
-TEST(Hex, OffsetsPrintInHexadecimal) { EXPECT_EQ(hex(0x1f400000), "0x1f400000"); }
+TEST(Hex, OffsetsPrintInHexadecimal) {
+    EXPECT_EQ(hex(0x1f400000), "0x1f400000");
+}
 
 } // namespace
 } // namespace p2vfs

@@ -6,9 +6,8 @@
 #include "formats/format.h"
 #include "memory_device.h"
 
-#include <gtest/gtest.h>
-
 #include <cstring>
+#include <gtest/gtest.h>
 
 namespace p2vfs {
 namespace {
@@ -23,10 +22,18 @@ DevicePtr view(const char* format, DevicePtr src, std::map<std::string, std::str
     return make_view(*find_format(format), std::move(src), opts);
 }
 
-uint32_t be32_at(const std::vector<unsigned char>& b, size_t off) { return load_be<uint32_t>(&b[off]); }
-uint64_t be64_at(const std::vector<unsigned char>& b, size_t off) { return load_be<uint64_t>(&b[off]); }
-uint32_t le32_at(const std::vector<unsigned char>& b, size_t off) { return load_le<uint32_t>(&b[off]); }
-uint64_t le64_at(const std::vector<unsigned char>& b, size_t off) { return load_le<uint64_t>(&b[off]); }
+uint32_t be32_at(const std::vector<unsigned char>& b, size_t off) {
+    return load_be<uint32_t>(&b[off]);
+}
+uint64_t be64_at(const std::vector<unsigned char>& b, size_t off) {
+    return load_be<uint64_t>(&b[off]);
+}
+uint32_t le32_at(const std::vector<unsigned char>& b, size_t off) {
+    return load_le<uint32_t>(&b[off]);
+}
+uint64_t le64_at(const std::vector<unsigned char>& b, size_t off) {
+    return load_le<uint64_t>(&b[off]);
+}
 
 uint32_t vhd_checksum(std::vector<unsigned char> b, size_t checksum_at) {
     std::memset(&b[checksum_at], 0, 4);
@@ -88,11 +95,11 @@ TEST(VhdDynamicLayout, HeaderBatAndBlocksSitWhereTheSpecSays) {
     ASSERT_EQ(f.size(), 512 + 1024 + 512 + 2 * stride + 512);
     EXPECT_EQ(std::string(f.begin(), f.begin() + 8), "conectix");
     EXPECT_TRUE(std::equal(f.begin(), f.begin() + 512, f.end() - 512)); // footer copy == footer
-    EXPECT_EQ(be64_at(f, 16), 512u);        // data offset: the dynamic header
-    EXPECT_EQ(be64_at(f, 48), 10 * MiB);    // current size
-    EXPECT_EQ(be32_at(f, 60), 3u);          // dynamic
+    EXPECT_EQ(be64_at(f, 16), 512u);     // data offset: the dynamic header
+    EXPECT_EQ(be64_at(f, 48), 10 * MiB); // current size
+    EXPECT_EQ(be32_at(f, 60), 3u);       // dynamic
     EXPECT_EQ(std::string(f.begin() + 28, f.begin() + 32), "win ");
-    EXPECT_EQ(f[56] * 256 + f[57], 301);    // CHS 301/4/17 for 20480 sectors
+    EXPECT_EQ(f[56] * 256 + f[57], 301); // CHS 301/4/17 for 20480 sectors
     EXPECT_EQ(f[58], 4);
     EXPECT_EQ(f[59], 17);
     EXPECT_EQ(be32_at(f, 64), vhd_checksum({f.begin(), f.begin() + 512}, 64));
@@ -168,12 +175,14 @@ TEST(VhdLimits, RefusesDisksOver2040GiB) {
 
 TEST(VhdLimits, MibRoundingStaysWithinTheLimit) {
     // The limit is a whole number of MiB, so rounding up never crosses it.
-    auto v = view("vhd-fixed", std::make_shared<MemoryDevice>(2040 * GiB - 512), {{"round", "mib"}});
+    auto v =
+        view("vhd-fixed", std::make_shared<MemoryDevice>(2040 * GiB - 512), {{"round", "mib"}});
     EXPECT_EQ(v->size(), 2040 * GiB + 512);
 }
 
 TEST(VhdOptions, MibRoundingGivesWholeMiB) {
-    auto f = read_all(*view("vhd-fixed", std::make_shared<MemoryDevice>(3 * MiB + 1), {{"round", "mib"}}));
+    auto f = read_all(
+        *view("vhd-fixed", std::make_shared<MemoryDevice>(3 * MiB + 1), {{"round", "mib"}}));
     EXPECT_EQ(f.size(), 4 * MiB + 512);
     EXPECT_EQ(be64_at({f.end() - 512, f.end()}, 48), 4 * MiB);
 }
@@ -201,19 +210,19 @@ TEST(VmdkLayout, HeaderDirectoriesAndTablesSitWhereTheSpecSays) {
     auto f = read_all(*view("vmdk", src));
     EXPECT_EQ(le32_at(f, 0), 0x564d444bu); // "KDMV"
     EXPECT_EQ(le32_at(f, 4), 1u);
-    EXPECT_EQ(le32_at(f, 8), 3u);          // newline test + redundant grain table
-    EXPECT_EQ(le64_at(f, 12), 20480u);     // capacity in sectors
-    EXPECT_EQ(le64_at(f, 20), 128u);       // 64 KiB grains
-    EXPECT_EQ(le64_at(f, 28), 1u);         // descriptor at sector 1
+    EXPECT_EQ(le32_at(f, 8), 3u);      // newline test + redundant grain table
+    EXPECT_EQ(le64_at(f, 12), 20480u); // capacity in sectors
+    EXPECT_EQ(le64_at(f, 20), 128u);   // 64 KiB grains
+    EXPECT_EQ(le64_at(f, 28), 1u);     // descriptor at sector 1
     EXPECT_EQ(le64_at(f, 36), 20u);
     EXPECT_EQ(le32_at(f, 44), 512u);
     // 160 grains -> 1 grain table of 4 sectors; GD of 1 sector.
-    EXPECT_EQ(le64_at(f, 48), 21u);        // redundant GD
-    EXPECT_EQ(le64_at(f, 56), 26u);        // GD after rGD (1) + rGT (4)
-    EXPECT_EQ(le64_at(f, 64), 128u);       // overhead rounded to a grain
+    EXPECT_EQ(le64_at(f, 48), 21u);  // redundant GD
+    EXPECT_EQ(le64_at(f, 56), 26u);  // GD after rGD (1) + rGT (4)
+    EXPECT_EQ(le64_at(f, 64), 128u); // overhead rounded to a grain
     EXPECT_EQ(std::string(f.begin() + 73, f.begin() + 77), "\n \r\n");
-    EXPECT_EQ(le32_at(f, 21 * 512), 22u);  // rGD -> rGT
-    EXPECT_EQ(le32_at(f, 26 * 512), 27u);  // GD -> GT
+    EXPECT_EQ(le32_at(f, 21 * 512), 22u); // rGD -> rGT
+    EXPECT_EQ(le32_at(f, 26 * 512), 27u); // GD -> GT
     // Grain 48 (3 MiB) is the first stored; grains 144-159 (9-10 MiB) follow.
     for (uint64_t gt : {22u, 27u}) {
         EXPECT_EQ(le32_at(f, gt * 512 + 4 * 47), 0u);

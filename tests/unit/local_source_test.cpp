@@ -2,13 +2,12 @@
 #include "block/local_source.h"
 #include "common/error.h"
 
+#include <cstdlib>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <string>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace p2vfs {

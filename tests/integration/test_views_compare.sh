@@ -38,10 +38,13 @@ for name in sparse random tiny odd; do
     size=$(stat -c %s "$src")
     dir=$MNT/$name
     [[ -d $dir ]] || fail "$dir is missing"
-    listing=$(cd "$dir" && ls | sort | tr '\n' ' ')
+    listing=$(list_dir "$dir")
     assert_eq "disk-fixed.vhd disk.raw disk.vhd disk.vmdk " "$listing" "files in $dir"
 
     assert_eq "$size" "$(stat -c %s "$dir/disk.raw")" "$name: size of disk.raw"
+    # A fixed VHD is the disk, whole sectors, followed by a 512-byte footer.
+    assert_eq $(($(round_up "$size" 512) + 512)) "$(stat -c %s "$dir/disk-fixed.vhd")" \
+        "$name: size of disk-fixed.vhd"
 
     for view in "${VIEWS[@]}"; do
         f=$dir/$view
@@ -55,7 +58,6 @@ for name in sparse random tiny odd; do
 
         assert_eq "$fmt" "$(qemu_format_name "$fmt" "$f")" "$what: qemu-img info format"
         want=$(expected_virtual_size "$view" "$size")
-        [[ $view == disk.raw ]] && want=$(round_up "$size" 512)
         assert_eq "$want" "$(qemu_virtual_size "$fmt" "$f")" "$what: qemu-img info virtual-size"
 
         run_rc qemu-img check -f "$fmt" "$f"

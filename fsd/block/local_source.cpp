@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <linux/fiemap.h>
 #include <linux/fs.h>
 #include <memory>
 #include <sys/ioctl.h>
@@ -147,11 +148,78 @@ void LocalSource::read_direct(void* buf, size_t length, uint64_t offset) {
 
 std::vector<Extent> LocalSource::extents(uint64_t offset, uint64_t length) {
     std::vector<Extent> out;
-    const uint64_t end = offset + length;
     if (block_device_) {
         append_extent(out, {offset, length, ExtentType::Data});
         return out;
     }
+    if (fiemap_works_.load(std::memory_order_relaxed) && extents_fiemap(offset, length, out))
+        return out;
+    out.clear();
+    extents_seek(offset, length, out);
+    return out;
+}
+
+bool LocalSource::extents_fiemap(uint64_t offset, uint64_t length, std::vector<Extent>& out) {
+    // FIEMAP, not SEEK_DATA, decides allocation where the file system has it:
+    // ext4 answers SEEK_DATA over preallocated (unwritten) extents from the
+    // page cache, so the same file would give different view layouts
+    // depending on who read it last. FIEMAP flags those extents UNWRITTEN
+    // whatever is cached; they read as zeros and become Zero extents.
+    // FIEMAP_FLAG_SYNC writes back dirty pages first, so data written but
+    // not yet on disk is never mistaken for an unwritten (zero) extent.
+    constexpr unsigned batch = 256;
+    std::vector<unsigned char> mem(sizeof(struct fiemap) + batch * sizeof(struct fiemap_extent));
+    auto* fm = reinterpret_cast<struct fiemap*>(mem.data());
+    const uint64_t end = offset + length;
+    uint64_t pos = offset;
+    uint32_t flags = FIEMAP_FLAG_SYNC;
+    while (pos < end) {
+        const uint64_t batch_start = pos;
+        std::memset(mem.data(), 0, mem.size());
+        fm->fm_start = pos;
+        fm->fm_length = end - pos;
+        fm->fm_flags = flags;
+        fm->fm_extent_count = batch;
+        if (::ioctl(fd_, FS_IOC_FIEMAP, fm) != 0) {
+            const int err = errno;
+            if (err == EOPNOTSUPP || err == ENOTTY || err == EINVAL) {
+                fiemap_works_.store(false, std::memory_order_relaxed);
+                return false;
+            }
+            throw Error(path_ + ": FIEMAP at " + hex(pos) + " failed: " + errno_text(err), err);
+        }
+        flags = 0; // synced once is enough for this call
+        if (fm->fm_mapped_extents == 0)
+            break;
+        bool last = false;
+        for (uint32_t i = 0; i < fm->fm_mapped_extents; ++i) {
+            const struct fiemap_extent& fe = fm->fm_extents[i];
+            const uint64_t a = std::max<uint64_t>(fe.fe_logical, pos);
+            const uint64_t b = std::min<uint64_t>(fe.fe_logical + fe.fe_length, end);
+            if (fe.fe_flags & FIEMAP_EXTENT_LAST)
+                last = true;
+            if (a >= b)
+                continue;
+            if (a > pos)
+                append_extent(out, {pos, a - pos, ExtentType::Hole});
+            const bool unwritten = (fe.fe_flags & FIEMAP_EXTENT_UNWRITTEN) &&
+                                   !(fe.fe_flags & FIEMAP_EXTENT_DELALLOC);
+            append_extent(out, {a, b - a, unwritten ? ExtentType::Zero : ExtentType::Data});
+            pos = b;
+        }
+        if (last)
+            break;
+        if (pos <= batch_start)
+            return false; // no progress: a malformed answer; use SEEK_DATA instead
+    }
+    // Past the last extent, up to `end`, is a hole.
+    if (pos < end)
+        append_extent(out, {pos, end - pos, ExtentType::Hole});
+    return true;
+}
+
+void LocalSource::extents_seek(uint64_t offset, uint64_t length, std::vector<Extent>& out) {
+    const uint64_t end = offset + length;
     uint64_t pos = offset;
     while (pos < end) {
         off_t data = ::lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
@@ -184,7 +252,6 @@ std::vector<Extent> LocalSource::extents(uint64_t offset, uint64_t length) {
         append_extent(out, {d, h - d, ExtentType::Data});
         pos = h;
     }
-    return out;
 }
 
 std::optional<FdSpan> LocalSource::fd_span(uint64_t offset, size_t) {

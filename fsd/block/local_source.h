@@ -1,13 +1,16 @@
 // A local image file or block device, opened read-only.
 //
 // The source of a migration is a production disk: it is never opened for
-// writing, whatever the caller asks. Allocation comes from SEEK_DATA/SEEK_HOLE
-// on files (so sparse images give sparse views); a block device reports all
-// of itself as data. O_DIRECT is optional, for sources whose page cache would
+// writing, whatever the caller asks. Allocation of files comes from FIEMAP
+// (preallocated, unwritten extents are Zero), or SEEK_DATA/SEEK_HOLE where
+// the file system has no FIEMAP; so sparse images give sparse views. A block
+// device reports all of itself as data. O_DIRECT is optional, for sources whose page cache would
 // only be polluted by one pass of reading.
 #pragma once
 
 #include "block/block_device.h"
+
+#include <atomic>
 
 namespace p2vfs {
 
@@ -35,6 +38,9 @@ public:
 
 private:
     void read_direct(void* buf, size_t length, uint64_t offset);
+    // False when the file system has no FIEMAP (then SEEK_DATA is used).
+    bool extents_fiemap(uint64_t offset, uint64_t length, std::vector<Extent>& out);
+    void extents_seek(uint64_t offset, uint64_t length, std::vector<Extent>& out);
 
     std::string path_;
     std::string canonical_;
@@ -43,6 +49,7 @@ private:
     bool block_device_ = false;
     bool direct_ = false;
     uint32_t direct_align_ = 4096;
+    std::atomic<bool> fiemap_works_{true};
 };
 
 } // namespace p2vfs

@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <string>
@@ -119,6 +120,35 @@ TEST_F(LocalSourceTest, NeverOpensForWriting) {
     auto dev = checked(std::make_shared<LocalSource>(path));
     EXPECT_FALSE(dev->writable());
     EXPECT_THROW(dev->write("x", 1, 0), UnsupportedError);
+}
+
+} // namespace
+} // namespace p2vfs
+
+namespace p2vfs {
+namespace {
+
+TEST_F(LocalSourceTest, PreallocatedRangesAreZeroWhateverIsCached) {
+    const uint64_t MiB = 1 << 20;
+    const auto path = make_file("prealloc.img", 8 * MiB, {{0, std::string(4096, 'd')}});
+    const int fd = ::open(path.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 2 * MiB, 2 * MiB) != 0) {
+        ::close(fd);
+        GTEST_SKIP() << "fallocate not supported on " << path << ": " << std::strerror(errno);
+    }
+    ::close(fd);
+    LocalSource s(path);
+    const std::vector<Extent> expect{{0, 4096, ExtentType::Data},
+                                     {4096, 2 * MiB - 4096, ExtentType::Hole},
+                                     {2 * MiB, 2 * MiB, ExtentType::Zero},
+                                     {4 * MiB, 4 * MiB, ExtentType::Hole}};
+    EXPECT_EQ(s.extents(0, 8 * MiB), expect);
+    // Reading the preallocated range pulls it into the page cache, after
+    // which ext4's SEEK_DATA calls it data; the map must not change.
+    std::vector<char> buf(2 * MiB);
+    s.read(buf.data(), buf.size(), 2 * MiB);
+    EXPECT_EQ(s.extents(0, 8 * MiB), expect);
 }
 
 } // namespace

@@ -202,8 +202,8 @@ bool LocalSource::extents_fiemap(uint64_t offset, uint64_t length, std::vector<E
                 continue;
             if (a > pos)
                 append_extent(out, {pos, a - pos, ExtentType::Hole});
-            const bool unwritten = (fe.fe_flags & FIEMAP_EXTENT_UNWRITTEN) &&
-                                   !(fe.fe_flags & FIEMAP_EXTENT_DELALLOC);
+            const bool unwritten =
+                (fe.fe_flags & FIEMAP_EXTENT_UNWRITTEN) && !(fe.fe_flags & FIEMAP_EXTENT_DELALLOC);
             append_extent(out, {a, b - a, unwritten ? ExtentType::Zero : ExtentType::Data});
             pos = b;
         }

@@ -55,9 +55,9 @@ int main(int argc, char** argv) {
             static const std::map<std::string, std::string> none;
             auto it = args.format_options.find(std::string(f->name));
             try {
-                folder.files.push_back(
-                    {std::string(f->file_name),
-                     make_view(*f, source, it == args.format_options.end() ? none : it->second)});
+                for (ViewFile& file : make_view_files(
+                         *f, source, it == args.format_options.end() ? none : it->second))
+                    folder.files.push_back({std::move(file.name), std::move(file.device)});
             } catch (const FormatLimitError& e) {
                 spdlog::warn("source '{}': no {}: {}", s.name, f->file_name, e.what());
             } catch (const InvalidArgument& e) {

@@ -72,8 +72,9 @@ ViewOptions resolve_options(const Format& format, const std::map<std::string, st
     return ViewOptions(std::move(values));
 }
 
-DevicePtr make_view(const Format& format, DevicePtr source,
-                    const std::map<std::string, std::string>& options, std::string file_name) {
+std::vector<ViewFile> make_view_files(const Format& format, DevicePtr source,
+                                      const std::map<std::string, std::string>& options,
+                                      std::string file_name) {
     if (format.max_size != 0 && source->size() > format.max_size)
         throw FormatLimitError(std::string(format.label) + ": disk of " +
                                human_size(source->size()) + " (" + std::to_string(source->size()) +
@@ -82,7 +83,15 @@ DevicePtr make_view(const Format& format, DevicePtr source,
     ViewRequest req{checked(std::move(source)),
                     file_name.empty() ? std::string(format.file_name) : std::move(file_name),
                     resolve_options(format, options)};
-    return checked(format.make_view(req));
+    std::vector<ViewFile> files = format.make_files(req);
+    for (ViewFile& f : files)
+        f.device = checked(std::move(f.device));
+    return files;
+}
+
+DevicePtr make_view(const Format& format, DevicePtr source,
+                    const std::map<std::string, std::string>& options, std::string file_name) {
+    return make_view_files(format, std::move(source), options, std::move(file_name)).front().device;
 }
 
 } // namespace p2vfs

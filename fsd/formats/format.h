@@ -55,6 +55,19 @@ struct ViewRequest {
     ViewOptions options;   // complete: every option of the format, defaults filled in
 };
 
+// One file of a view. Most formats make one; some make several that belong
+// together (a VMDK descriptor and its flat extent), the first being the one
+// a user opens.
+struct ViewFile {
+    std::string name;
+    DevicePtr device;
+};
+
+// make_files for a format whose view is one file of type View.
+template <typename View> std::vector<ViewFile> one_file(const ViewRequest& req) {
+    return {{req.file_name, std::make_shared<View>(req)}};
+}
+
 struct Format {
     std::string_view name;      // "vhd-fixed": how users select it
     std::string_view label;     // "VHD": how messages name it
@@ -62,7 +75,7 @@ struct Format {
     std::string_view description;
     std::vector<FormatOption> options;
     uint64_t max_size; // largest virtual disk the format holds; 0: no limit
-    std::function<DevicePtr(const ViewRequest&)> make_view;
+    std::function<std::vector<ViewFile>(const ViewRequest&)> make_files;
 };
 
 // Every format, in the order their files appear in a source's folder.
@@ -73,8 +86,14 @@ const Format* find_format(std::string_view name);
 // Fills defaults and refuses unknown keys: "vmdk: unknown option 'foo' (known: ...)".
 ViewOptions resolve_options(const Format& format, const std::map<std::string, std::string>& given);
 
-// Makes the view of `source` in `format`, checking the format's size limit
-// first: "VHD: disk of 2.1 TiB exceeds the format's 2040 GiB limit".
+// Makes the files of the view of `source` in `format`, checking the format's
+// size limit first: "VHD: disk of 2.1 TiB exceeds the format's 2040 GiB limit".
+// Every device returned is wrapped in a CheckedDevice.
+std::vector<ViewFile> make_view_files(const Format& format, DevicePtr source,
+                                      const std::map<std::string, std::string>& options,
+                                      std::string file_name = {});
+
+// The first (main) file of the view: what tests and single-file callers want.
 DevicePtr make_view(const Format& format, DevicePtr source,
                     const std::map<std::string, std::string>& options, std::string file_name = {});
 

@@ -100,18 +100,19 @@ std::optional<FdSpan> LayoutView::fd_span(uint64_t offset, size_t length) {
 
 namespace p2vfs {
 
-void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
-                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian, uint32_t pad) {
-    uint64_t i = rel / 4;
-    size_t skip = static_cast<size_t>(rel % 4);
+template <typename T>
+void fill_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
+                const std::function<T(uint64_t)>& entry, bool big_endian, T pad) {
+    uint64_t i = rel / sizeof(T);
+    size_t skip = static_cast<size_t>(rel % sizeof(T));
     while (length > 0) {
-        unsigned char bytes[4];
-        const uint32_t v = i < entries ? entry(i) : pad;
+        unsigned char bytes[sizeof(T)];
+        const T v = i < entries ? entry(i) : pad;
         if (big_endian)
             store_be(bytes, v);
         else
             store_le(bytes, v);
-        const size_t n = std::min<size_t>(4 - skip, length);
+        const size_t n = std::min<size_t>(sizeof(T) - skip, length);
         std::memcpy(out, bytes + skip, n);
         out += n;
         length -= n;
@@ -119,5 +120,10 @@ void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t en
         ++i;
     }
 }
+
+template void fill_table<uint32_t>(unsigned char*, size_t, uint64_t, uint64_t,
+                                   const std::function<uint32_t(uint64_t)>&, bool, uint32_t);
+template void fill_table<uint64_t>(unsigned char*, size_t, uint64_t, uint64_t,
+                                   const std::function<uint64_t(uint64_t)>&, bool, uint64_t);
 
 } // namespace p2vfs

@@ -60,10 +60,17 @@ private:
 
 namespace p2vfs {
 
-// Writes bytes [rel, rel+length) of a table of 32-bit entries, entry(i) for
-// i < entries and `pad` after them — how BATs, grain directories and grain
-// tables are served without ever being built whole.
-void fill_u32_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
-                    const std::function<uint32_t(uint64_t)>& entry, bool big_endian, uint32_t pad);
+// Writes bytes [rel, rel+length) of a table of T-sized entries (uint32_t or
+// uint64_t), entry(i) for i < entries and `pad` after them — how BATs, grain
+// directories and tables, and L1/L2 tables are served without ever being
+// built whole.
+template <typename T>
+void fill_table(unsigned char* out, size_t length, uint64_t rel, uint64_t entries,
+                const std::function<T(uint64_t)>& entry, bool big_endian, T pad);
+
+extern template void fill_table<uint32_t>(unsigned char*, size_t, uint64_t, uint64_t,
+                                          const std::function<uint32_t(uint64_t)>&, bool, uint32_t);
+extern template void fill_table<uint64_t>(unsigned char*, size_t, uint64_t, uint64_t,
+                                          const std::function<uint64_t(uint64_t)>&, bool, uint64_t);
 
 } // namespace p2vfs

@@ -8,8 +8,8 @@ namespace {
 
 class RawView : public FilterDevice {
 public:
-    RawView(DevicePtr source, std::string file_name)
-        : FilterDevice(std::move(source)), file_name_(std::move(file_name)) {}
+    explicit RawView(const ViewRequest& req)
+        : FilterDevice(req.source), file_name_(req.file_name) {}
     std::string name() const override { return file_name_ + " of " + next_->name(); }
     std::string identity() const override { return "raw:" + next_->identity(); }
 
@@ -27,9 +27,7 @@ extern const Format raw_format{
     "raw disk image, byte for byte the source (dd, loop devices, any hypervisor)",
     {},
     0,
-    [](const ViewRequest& req) -> DevicePtr {
-        return std::make_shared<RawView>(req.source, req.file_name);
-    },
+    one_file<RawView>,
 };
 
 } // namespace p2vfs

@@ -155,7 +155,7 @@ public:
         const AllocationMap* map = &map_;
         add_generated(bat_bytes, [map, entries, data_start, stride](unsigned char* out, size_t n,
                                                                     uint64_t rel) {
-            fill_u32_table(
+            fill_table<uint32_t>(
                 out, n, rel, entries,
                 [map, data_start, stride](uint64_t block) {
                     const auto o = map->ordinal(block);
@@ -189,7 +189,7 @@ extern const Format vhd_dynamic_format{
     "to fixed, VirtualBox)",
     {{"round", "sector", "virtual size rounded up to whole 'sector's or whole 'mib' (Azure)"}},
     vhd::max_disk_size,
-    [](const ViewRequest& req) -> DevicePtr { return std::make_shared<VhdDynamicView>(req); },
+    one_file<VhdDynamicView>,
 };
 
 extern const Format vhd_fixed_format{
@@ -200,7 +200,7 @@ extern const Format vhd_fixed_format{
     "VHD, fixed: the disk followed by a footer (Azure, Hyper-V)",
     {{"round", "sector", "virtual size rounded up to whole 'sector's or whole 'mib' (Azure)"}},
     vhd::max_disk_size,
-    [](const ViewRequest& req) -> DevicePtr { return std::make_shared<VhdFixedView>(req); },
+    one_file<VhdFixedView>,
 };
 
 } // namespace p2vfs

@@ -159,7 +159,7 @@ public:
             add_generated(
                 gd_sectors * vmdk::sector_size,
                 [tables, first_gt, gt_sectors](unsigned char* out, size_t n, uint64_t rel) {
-                    fill_u32_table(
+                    fill_table<uint32_t>(
                         out, n, rel, tables,
                         [first_gt, gt_sectors](uint64_t t) {
                             return static_cast<uint32_t>(first_gt + t * gt_sectors);
@@ -170,7 +170,7 @@ public:
                 tables * gt_sectors * vmdk::sector_size,
                 [map, grains, over_head, grain_sectors](unsigned char* out, size_t n,
                                                         uint64_t rel) {
-                    fill_u32_table(
+                    fill_table<uint32_t>(
                         out, n, rel, grains,
                         [map, over_head, grain_sectors](uint64_t g) {
                             const auto o = map->ordinal(g);
@@ -212,7 +212,7 @@ extern const Format vmdk_sparse_format{
      {"hwversion", "4", "virtual hardware version written in the descriptor (4-21)"}},
     // 32-bit sector offsets in grain tables: 2 TiB, less the metadata.
     (2ULL << 40) - (1ULL << 30),
-    [](const ViewRequest& req) -> DevicePtr { return std::make_shared<VmdkSparseView>(req); },
+    one_file<VmdkSparseView>,
 };
 
 } // namespace p2vfs

@@ -445,12 +445,25 @@ fixture() {
 # shellcheck disable=SC2034 # used by the tests
 VIEWS=(disk.raw disk.vhd disk-fixed.vhd disk.vmdk)
 
+# qemu_checkable FORMAT: whether `qemu-img check` supports the format
+# (raw and vpc answer "not supported", exit 63).
+qemu_checkable() {
+    case $1 in
+    vmdk | qcow2 | vdi | vhdx) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
 # qemu's name for the format of a view file.
 qemu_format() {
     case $1 in
     *.raw) echo raw ;;
     *.vhd) echo vpc ;;
+    *-flat.vmdk) echo raw ;; # the extent of a monolithicFlat pair
     *.vmdk) echo vmdk ;;
+    *.vhdx) echo vhdx ;;
+    *.qcow2) echo qcow2 ;;
+    *.vdi) echo vdi ;;
     *) fail "qemu_format: unknown view $1" ;;
     esac
 }

@@ -9,6 +9,18 @@
 namespace p2vfs {
 namespace {
 
+std::vector<std::string> split(const std::string& s, char sep) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (true) {
+        const size_t at = s.find(sep, start);
+        out.push_back(s.substr(start, at - start));
+        if (at == std::string::npos)
+            return out;
+        start = at + 1;
+    }
+}
+
 bool valid_folder_name(const std::string& s) {
     if (s.empty() || s == "." || s == ".." || s.size() > 200)
         return false;
@@ -35,7 +47,12 @@ std::string usage_text() {
            "\n"
            "  -m, --mount DIR            where to mount (an empty directory)\n"
            "  -s, --source NAME=SPEC     a disk image file or block device, shown in DIR/NAME\n"
-           "  -o, --option FMT.KEY=VAL   a format option, e.g. vmdk.adapter=lsilogic\n"
+           "  -o, --option FMT.KEY=VAL   a format option for every source, e.g.\n"
+           "                             vmdk.adapter=lsilogic\n"
+           "      --views FMT,FMT...     formats every source shows (default: all; 'none')\n"
+           "      --view NAME/FILE=FMT[,KEY=VAL...]\n"
+           "                             one more view file of source NAME with its own\n"
+           "                             options, e.g. pc1/azure.vhd=vhd-fixed,round=mib\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
            "      --no-splice            copy reads through memory instead of splicing\n"
            "      --threads N            FUSE worker threads (default 8)\n"
@@ -58,12 +75,16 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         opt_threads,
         opt_log_level,
         opt_fuse_debug,
-        opt_version
+        opt_version,
+        opt_views,
+        opt_view
     };
     static const struct option long_options[] = {
         {"mount", required_argument, nullptr, 'm'},
         {"source", required_argument, nullptr, 's'},
         {"option", required_argument, nullptr, 'o'},
+        {"views", required_argument, nullptr, opt_views},
+        {"view", required_argument, nullptr, opt_view},
         {"direct", no_argument, nullptr, opt_direct},
         {"no-splice", no_argument, nullptr, opt_no_splice},
         {"threads", required_argument, nullptr, opt_threads},
@@ -111,6 +132,45 @@ DaemonArgs parse_command_line(int argc, char** argv) {
             a.format_options[format][v.substr(dot + 1, eq - dot - 1)] = v.substr(eq + 1);
             break;
         }
+        case opt_views: {
+            a.default_formats_given = true;
+            a.default_formats.clear();
+            const std::string v = optarg;
+            if (v == "none")
+                break;
+            for (const std::string& f : split(v, ',')) {
+                if (!find_format(f))
+                    throw InvalidArgument("--views " + v + ": no format named '" + f + "'");
+                a.default_formats.push_back(f);
+            }
+            break;
+        }
+        case opt_view: {
+            // NAME/FILE=FORMAT[,KEY=VALUE...]
+            const std::string v = optarg;
+            const auto slash = v.find('/');
+            const auto eq = v.find('=');
+            if (slash == std::string::npos || eq == std::string::npos || slash > eq)
+                throw InvalidArgument("--view " + v + ": expected NAME/FILE=FORMAT[,KEY=VALUE...]");
+            ViewArg view{v.substr(0, slash), v.substr(slash + 1, eq - slash - 1), {}, {}};
+            const auto parts = split(v.substr(eq + 1), ',');
+            view.format = parts[0];
+            if (!find_format(view.format))
+                throw InvalidArgument("--view " + v + ": no format named '" + view.format + "'");
+            if (!valid_folder_name(view.file))
+                throw InvalidArgument("--view " + v +
+                                      ": FILE may hold only letters, digits, '.', "
+                                      "'_' and '-'");
+            for (size_t i = 1; i < parts.size(); ++i) {
+                const auto kv = parts[i].find('=');
+                if (kv == std::string::npos || kv == 0)
+                    throw InvalidArgument("--view " + v + ": expected KEY=VALUE, got '" + parts[i] +
+                                          "'");
+                view.options[parts[i].substr(0, kv)] = parts[i].substr(kv + 1);
+            }
+            a.views.push_back(std::move(view));
+            break;
+        }
         case opt_direct:
             a.direct = true;
             break;
@@ -150,6 +210,10 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         throw InvalidArgument("--mount DIR is required");
     if (a.sources.empty())
         throw InvalidArgument("at least one --source NAME=SPEC is required");
+    for (const ViewArg& v : a.views)
+        if (!names.count(v.source))
+            throw InvalidArgument("--view " + v.source + "/" + v.file + ": no --source named '" +
+                                  v.source + "'");
     return a;
 }
 

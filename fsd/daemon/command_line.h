@@ -12,11 +12,24 @@ struct SourceArg {
     std::string spec; // a path now; URIs later
 };
 
+// A view file asked for with --view NAME/FILE=FORMAT[,KEY=VALUE...].
+struct ViewArg {
+    std::string source; // folder name
+    std::string file;   // file name in the folder
+    std::string format;
+    std::map<std::string, std::string> options;
+};
+
 struct DaemonArgs {
     std::string mount_point;
     std::vector<SourceArg> sources;
     // format name -> option -> value, from --option FORMAT.KEY=VALUE
     std::map<std::string, std::map<std::string, std::string>> format_options;
+    // Formats every source shows under their default file names (--views);
+    // empty: all formats.
+    std::vector<std::string> default_formats;
+    bool default_formats_given = false;
+    std::vector<ViewArg> views; // extra views (--view)
     bool direct = false;
     bool splice = true;
     unsigned threads = 8;

@@ -4,6 +4,7 @@
 #include "common/error.h"
 #include "common/logging.h"
 #include "daemon/command_line.h"
+#include "daemon/source_folder.h"
 #include "formats/format.h"
 #include "fuse/fuse_frontend.h"
 #include "fuse/mount_point.h"
@@ -50,26 +51,18 @@ int main(int argc, char** argv) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_source;
         }
-        MountedFolder folder{s.name, {}};
-        for (const Format* f : format_table()) {
-            static const std::map<std::string, std::string> none;
-            auto it = args.format_options.find(std::string(f->name));
-            try {
-                for (ViewFile& file : make_view_files(
-                         *f, source, it == args.format_options.end() ? none : it->second))
-                    folder.files.push_back({std::move(file.name), std::move(file.device)});
-            } catch (const FormatLimitError& e) {
-                spdlog::warn("source '{}': no {}: {}", s.name, f->file_name, e.what());
-            } catch (const InvalidArgument& e) {
-                spdlog::error("--option {}: {}", f->name, e.what());
-                return exit_usage;
-            } catch (const Error& e) {
-                spdlog::error("source '{}': {}: {}", s.name, f->file_name, e.what());
-                return exit_source;
-            }
+        MountedFolder folder;
+        try {
+            folder = build_folder(s.name, source, view_specs_for(args, s.name));
+        } catch (const InvalidArgument& e) {
+            spdlog::error("source '{}': {}", s.name, e.what());
+            return exit_usage;
+        } catch (const Error& e) {
+            spdlog::error("source '{}': {}", s.name, e.what());
+            return exit_source;
         }
-        spdlog::info("source '{}': {} ({}), {} views", s.name, s.spec, human_size(source->size()),
-                     folder.files.size());
+        spdlog::info("source '{}': {} ({}), view files: {}", s.name, s.spec,
+                     human_size(source->size()), folder.files.size());
         folders.push_back(std::move(folder));
     }
 

@@ -1,0 +1,32 @@
+// The folder a source shows in the mount: which view files, made how.
+#pragma once
+
+#include "block/block_device.h"
+#include "daemon/command_line.h"
+#include "formats/format.h"
+#include "fuse/fuse_frontend.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace p2vfs {
+
+struct ViewSpec {
+    const Format* format;
+    std::string file_name; // empty: the format's default
+    std::map<std::string, std::string> options;
+    bool asked_for = false; // named by --view: a failure is an error, not a warning
+};
+
+// The views of source `name`: the default formats (with --option values)
+// followed by its --view entries.
+std::vector<ViewSpec> view_specs_for(const DaemonArgs& args, const std::string& name);
+
+// Makes the files of every spec. A default view the disk does not fit is
+// left out with a warning naming the limit; an asked-for one throws. Throws
+// InvalidArgument for bad options and for two files of one name.
+MountedFolder build_folder(const std::string& name, const DevicePtr& source,
+                           const std::vector<ViewSpec>& specs);
+
+} // namespace p2vfs

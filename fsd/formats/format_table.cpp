@@ -4,6 +4,7 @@
 namespace p2vfs {
 
 extern const Format raw_format;
+extern const Format qcow2_format;
 extern const Format vhd_dynamic_format;
 extern const Format vhd_fixed_format;
 extern const Format vmdk_sparse_format;
@@ -14,6 +15,7 @@ const std::vector<const Format*>& format_table() {
         &vhd_dynamic_format,
         &vhd_fixed_format,
         &vmdk_sparse_format,
+        &qcow2_format,
     };
     return table;
 }

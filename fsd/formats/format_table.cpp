@@ -7,6 +7,8 @@ extern const Format raw_format;
 extern const Format qcow2_format;
 extern const Format vhd_dynamic_format;
 extern const Format vhd_fixed_format;
+extern const Format vhdx_dynamic_format;
+extern const Format vhdx_fixed_format;
 extern const Format vmdk_sparse_format;
 
 const std::vector<const Format*>& format_table() {
@@ -14,6 +16,8 @@ const std::vector<const Format*>& format_table() {
         &raw_format,
         &vhd_dynamic_format,
         &vhd_fixed_format,
+        &vhdx_dynamic_format,
+        &vhdx_fixed_format,
         &vmdk_sparse_format,
         &qcow2_format,
     };

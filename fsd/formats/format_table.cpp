@@ -10,6 +10,8 @@ extern const Format vhd_fixed_format;
 extern const Format vhdx_dynamic_format;
 extern const Format vhdx_fixed_format;
 extern const Format vmdk_sparse_format;
+extern const Format vmdk_flat_format;
+extern const Format vmdk_stream_format;
 
 const std::vector<const Format*>& format_table() {
     static const std::vector<const Format*> table{
@@ -19,6 +21,8 @@ const std::vector<const Format*>& format_table() {
         &vhdx_dynamic_format,
         &vhdx_fixed_format,
         &vmdk_sparse_format,
+        &vmdk_flat_format,
+        &vmdk_stream_format,
         &qcow2_format,
     };
     return table;

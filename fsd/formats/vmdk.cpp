@@ -5,7 +5,7 @@
 //
 // Layout, in sectors, fixed once from extents():
 //   0          sparse extent header
-//   1..20      embedded descriptor (text, NUL-padded)
+//   1..20      embedded descriptor (text from vmdk_descriptor.h, NUL-padded)
 //   21         redundant grain directory, then its grain tables
 //   ...        grain directory, then its grain tables
 //   over_head  grains that hold data, in disk order (over_head is grain-aligned)
@@ -16,11 +16,10 @@
 #include "block/grow_device.h"
 #include "common/endian.h"
 #include "common/error.h"
-#include "common/stable_id.h"
 #include "formats/allocation_map.h"
 #include "formats/format.h"
-#include "formats/geometry.h"
 #include "formats/layout_view.h"
+#include "formats/vmdk_descriptor.h"
 #include "formats/vmdk_spec.h"
 
 #include <cstring>
@@ -29,47 +28,14 @@ namespace p2vfs {
 namespace {
 
 std::string descriptor_text(const ViewRequest& req, uint64_t capacity_sectors) {
-    const std::string& adapter =
-        req.options.get_choice("adapter", {"ide", "lsilogic", "buslogic", "pvscsi"});
-    const uint64_t hw = req.options.get_uint("hwversion", 4, 21);
-    if (adapter == "pvscsi" && hw < 7)
-        throw InvalidArgument("VMDK: adapter=pvscsi needs hwversion 7 or later (given " +
-                              std::to_string(hw) + ")");
-    const auto id =
-        stable_hash128("vmdk|" + req.options.canonical() + "|" + req.source->identity());
-    char cid[9];
-    std::snprintf(cid, sizeof cid, "%02x%02x%02x%02x", id[0], id[1], id[2], id[3]);
-    std::string long_cid;
-    for (unsigned char b : id) {
-        char h[3];
-        std::snprintf(h, sizeof h, "%02x", b);
-        long_cid += h;
-    }
-    const auto uuid = stable_uuid("vmdk-uuid|" + req.source->identity());
-    std::string ddb_uuid;
-    for (size_t i = 0; i < uuid.size(); ++i) {
-        char h[4];
-        std::snprintf(h, sizeof h, "%02x", uuid[i]);
-        ddb_uuid += (i == 0 ? "" : (i == 8 ? "-" : " ")) + std::string(h);
-    }
-    const Chs chs = vmdk_geometry(capacity_sectors, adapter != "ide");
-    std::string d;
-    d += "# Disk DescriptorFile\n";
-    d += "version=1\n";
-    d += "CID=" + std::string(cid) + "\n";
-    d += "parentCID=ffffffff\n";
-    d += "createType=\"monolithicSparse\"\n\n";
-    d += "# Extent description\n";
-    d += "RW " + std::to_string(capacity_sectors) + " SPARSE \"" + req.file_name + "\"\n\n";
-    d += "# The Disk Data Base\n#DDB\n\n";
-    d += "ddb.virtualHWVersion = \"" + std::to_string(hw) + "\"\n";
-    d += "ddb.geometry.cylinders = \"" + std::to_string(chs.cylinders) + "\"\n";
-    d += "ddb.geometry.heads = \"" + std::to_string(chs.heads) + "\"\n";
-    d += "ddb.geometry.sectors = \"" + std::to_string(chs.sectors_per_track) + "\"\n";
-    d += "ddb.adapterType = \"" + adapter + "\"\n";
-    d += "ddb.uuid = \"" + ddb_uuid + "\"\n";
-    d += "ddb.longContentID = \"" + long_cid + "\"\n";
-    return d;
+    return vmdk::descriptor_text({
+        "monolithicSparse",
+        vmdk::extent_line(capacity_sectors, "SPARSE", req.file_name),
+        capacity_sectors,
+        vmdk::disk_database(req.options),
+        "vmdk|" + req.options.canonical() + "|" + req.source->identity(),
+        "vmdk-uuid|" + req.source->identity(),
+    });
 }
 
 // The stored grains, one after another in disk order.
@@ -208,8 +174,7 @@ extern const Format vmdk_sparse_format{
     "VMDK",
     "disk.vmdk",
     "VMDK monolithicSparse (hosted): VMware Workstation/Fusion/Player, VirtualBox, qemu",
-    {{"adapter", "ide", "virtual disk controller: ide, lsilogic, buslogic or pvscsi"},
-     {"hwversion", "4", "virtual hardware version written in the descriptor (4-21)"}},
+    {vmdk::adapter_option, vmdk::hwversion_option},
     // 32-bit sector offsets in grain tables: 2 TiB, less the metadata.
     (2ULL << 40) - (1ULL << 30),
     one_file<VmdkSparseView>,

@@ -3,10 +3,13 @@
 #include "fuse/fuse_frontend.h"
 
 #include "common/error.h"
+#include "formats/prepared_view.h"
 #include "fuse/mount_point.h"
 #include "fuse/splice_pipe.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -29,10 +32,50 @@ struct Node {
     fuse_ino_t parent;
     std::string name;
     bool is_dir;
-    DevicePtr device;                 // files only
+    DevicePtr device;                 // files only, as given
     std::vector<fuse_ino_t> children; // folders only
     mutable std::once_flag allocated_once;
     mutable uint64_t allocated = 0; // bytes in Data/Zero extents
+
+    // What reads go to: device.get(), or for a view that must be prepared
+    // (prepared_view.h) nullptr until the first open has prepared it.
+    std::atomic<BlockDevice*> active{nullptr};
+    std::mutex prepare_mutex; // held by the open that prepares; others wait
+    DevicePtr prepared;       // keeps the prepared device alive
+
+    BlockDevice* dev() const { return active.load(std::memory_order_acquire); }
+    // Attributes of an unprepared file (size 0) must not be cached: the size
+    // appears when the first open has prepared it.
+    double timeout() const { return dev() ? attr_timeout : 0.0; }
+};
+
+// Logs the progress of a view's preparation: at the start, every 10% or
+// 10 seconds, and at the end.
+class PrepareProgress {
+public:
+    explicit PrepareProgress(std::string what) : what_(std::move(what)) {}
+
+    void operator()(uint64_t done, uint64_t total) {
+        const auto now = std::chrono::steady_clock::now();
+        if (done == 0) {
+            start_ = last_ = now;
+            spdlog::info("{}: preparing ({} of data to process)", what_, human_size(total));
+            return;
+        }
+        const unsigned pct = total ? static_cast<unsigned>(done * 100 / total) : 100;
+        if (done < total && pct < next_pct_ && now - last_ < std::chrono::seconds(10))
+            return;
+        last_ = now;
+        next_pct_ = pct / 10 * 10 + 10;
+        const double secs = std::chrono::duration<double>(now - start_).count();
+        spdlog::info("{}: {}% ({} of {}) after {:.1f} s", what_, pct, human_size(done),
+                     human_size(total), secs);
+    }
+
+private:
+    std::string what_;
+    std::chrono::steady_clock::time_point start_{}, last_{};
+    unsigned next_pct_ = 10;
 };
 
 } // namespace
@@ -44,7 +87,7 @@ struct FuseFrontend::Impl {
     uid_t uid = ::getuid();
     gid_t gid = ::getgid();
 
-    const Node* node(fuse_ino_t ino) const {
+    Node* node(fuse_ino_t ino) const {
         if (ino == 0 || ino > nodes.size())
             return nullptr;
         return nodes[ino - 1].get();
@@ -57,6 +100,10 @@ struct FuseFrontend::Impl {
         n->name = std::move(name);
         n->is_dir = is_dir;
         n->device = std::move(device);
+        // A view to prepare stays inactive until its first open, even if it
+        // is ready: prepared() makes the wrapper that knows its final size.
+        if (n->device && !prepared_view_of(*n->device))
+            n->active.store(n->device.get(), std::memory_order_release);
         const fuse_ino_t ino = n->ino;
         nodes.push_back(std::move(n));
         if (parent != 0)
@@ -65,18 +112,35 @@ struct FuseFrontend::Impl {
     }
 
     uint64_t allocated_bytes(const Node& n) const {
+        BlockDevice* dev = n.dev();
+        if (!dev)
+            return 0;
         std::call_once(n.allocated_once, [&] {
             try {
-                for (const Extent& e : n.device->extents(0, n.device->size()))
+                for (const Extent& e : dev->extents(0, dev->size()))
                     if (e.type != ExtentType::Hole)
                         n.allocated += e.length;
             } catch (const Error& e) {
                 spdlog::warn("{}: cannot map allocation ({}); reporting it fully allocated",
-                             n.device->name(), e.what());
-                n.allocated = n.device->size();
+                             dev->name(), e.what());
+                n.allocated = dev->size();
             }
         });
         return n.allocated;
+    }
+
+    // Prepares the file's view if it must be; throws the preparation's Error.
+    void prepare(Node& n) const {
+        if (n.dev())
+            return;
+        std::lock_guard<std::mutex> lock(n.prepare_mutex);
+        if (n.dev())
+            return; // another open prepared it while this one waited
+        PrepareProgress progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
+        n.prepared = prepared(n.device, std::ref(progress));
+        n.active.store(n.prepared.get(), std::memory_order_release);
+        spdlog::info("{} of '{}': ready, {} bytes", n.name, nodes[n.parent - 1]->name,
+                     n.prepared->size());
     }
 
     struct stat stat_of(const Node& n) const {
@@ -91,7 +155,7 @@ struct FuseFrontend::Impl {
         } else {
             st.st_mode = S_IFREG | 0444;
             st.st_nlink = 1;
-            st.st_size = static_cast<off_t>(n.device->size());
+            st.st_size = static_cast<off_t>(n.dev() ? n.dev()->size() : 0);
             st.st_blocks = static_cast<blkcnt_t>((allocated_bytes(n) + 511) / 512);
             st.st_blksize = 1 << 20;
         }
@@ -137,8 +201,8 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
             e.ino = n->ino;
             e.generation = 1;
             e.attr = impl.stat_of(*n);
-            e.attr_timeout = attr_timeout;
-            e.entry_timeout = attr_timeout;
+            e.attr_timeout = n->timeout();
+            e.entry_timeout = n->timeout();
             fuse_reply_entry(req, &e);
             return;
         }
@@ -154,7 +218,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
         return;
     }
     const struct stat st = impl.stat_of(*n);
-    fuse_reply_attr(req, &st, attr_timeout);
+    fuse_reply_attr(req, &st, n->timeout());
 }
 
 void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int, struct fuse_file_info*) {
@@ -209,7 +273,8 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-    const Node* n = FuseFrontend::Impl::of(req).node(ino);
+    auto& impl = FuseFrontend::Impl::of(req);
+    Node* n = impl.node(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
         return;
@@ -222,6 +287,12 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
         fuse_reply_err(req, EROFS);
         return;
     }
+    try {
+        impl.prepare(*n);
+    } catch (const std::exception& e) {
+        reply_error(req, *n, "preparing", 0, 0, e);
+        return;
+    }
     fuse_reply_open(req, fi);
 }
 
@@ -232,7 +303,11 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
         fuse_reply_err(req, n ? EISDIR : ENOENT);
         return;
     }
-    BlockDevice& dev = *n->device;
+    if (!n->dev()) {
+        fuse_reply_err(req, EIO); // opened before it was prepared: cannot happen
+        return;
+    }
+    BlockDevice& dev = *n->dev();
     const uint64_t offset = static_cast<uint64_t>(off);
     const uint64_t file_size = dev.size();
     if (offset >= file_size) {
@@ -267,7 +342,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
 
 void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info*) {
     const Node* n = FuseFrontend::Impl::of(req).node(ino);
-    if (!n || n->is_dir) {
+    if (!n || n->is_dir || !n->dev()) {
         fuse_reply_err(req, EINVAL);
         return;
     }
@@ -275,7 +350,8 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse
         fuse_reply_err(req, EINVAL); // SEEK_SET/CUR/END are handled by the kernel
         return;
     }
-    const uint64_t size = n->device->size();
+    BlockDevice& dev = *n->dev();
+    const uint64_t size = dev.size();
     const uint64_t offset = static_cast<uint64_t>(off);
     if (off < 0 || offset >= size) {
         fuse_reply_err(req, ENXIO);
@@ -283,7 +359,7 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse
     }
     try {
         const bool want_data = whence == SEEK_DATA;
-        for (const Extent& e : n->device->extents(offset, size - offset)) {
+        for (const Extent& e : dev.extents(offset, size - offset)) {
             if ((e.type != ExtentType::Hole) == want_data) {
                 fuse_reply_lseek(req, static_cast<off_t>(e.offset));
                 return;
@@ -306,8 +382,8 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
     sv.f_frsize = 4096;
     uint64_t bytes = 0;
     for (const auto& n : impl.nodes)
-        if (!n->is_dir)
-            bytes += n->device->size();
+        if (!n->is_dir && n->dev())
+            bytes += n->dev()->size();
     sv.f_blocks = bytes / 4096;
     sv.f_files = impl.nodes.size();
     sv.f_namemax = 255;

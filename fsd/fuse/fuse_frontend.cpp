@@ -317,17 +317,19 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
     const size_t length = static_cast<size_t>(std::min<uint64_t>(size, file_size - offset));
     try {
         if (impl.options.splice) {
-            thread_local SplicePipe pipe(max_read_bytes);
-            if (pipe.fits(length)) {
-                if (auto span = dev.fd_span(offset, length)) {
-                    pipe.fill(span->fd, span->offset, length);
-                    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(length);
-                    bv.buf[0].flags = FUSE_BUF_IS_FD;
-                    bv.buf[0].fd = pipe.read_end();
-                    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-                    pipe.reset_if_dirty();
-                    return;
-                }
+            // Twice the largest read: room for a 1 MiB read at any page offset
+            // where the kernel lets the daemon have it (root may exceed
+            // pipe-max-size); fits() checks what the pipe really holds.
+            thread_local SplicePipe pipe(2 * max_read_bytes);
+            const auto span = dev.fd_span(offset, length);
+            if (span && pipe.fits(span->offset, length) &&
+                pipe.fill(span->fd, span->offset, length)) {
+                struct fuse_bufvec bv = FUSE_BUFVEC_INIT(length);
+                bv.buf[0].flags = FUSE_BUF_IS_FD;
+                bv.buf[0].fd = pipe.read_end();
+                fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+                pipe.reset_if_dirty();
+                return;
             }
         }
         thread_local std::vector<unsigned char> buffer;

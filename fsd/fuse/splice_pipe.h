@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <unistd.h>
 
 namespace p2vfs {
 
@@ -21,12 +22,15 @@ public:
     SplicePipe(const SplicePipe&) = delete;
     SplicePipe& operator=(const SplicePipe&) = delete;
 
-    // Whether `length` bytes fit: a splice into a full pipe would block.
-    bool fits(size_t length) const { return read_fd_ >= 0 && length <= capacity_; }
+    // Whether `length` bytes at `offset` of a file fit. A pipe holds pages,
+    // not bytes: 1 MiB from an offset that is not page-aligned takes 257.
+    bool fits(uint64_t offset, size_t length) const;
 
-    // Moves `length` bytes at `offset` of `fd` into the pipe. Throws Error
-    // (with the errno and the offset) on failure, leaving the pipe empty.
-    void fill(int fd, uint64_t offset, size_t length);
+    // Moves `length` bytes at `offset` of `fd` into the pipe. Returns false,
+    // with the pipe empty, if the pipe filled up before all were moved (the
+    // caller copies instead; a splice never blocks). Throws Error (with the
+    // errno and the offset) on a failed read, leaving the pipe empty.
+    bool fill(int fd, uint64_t offset, size_t length);
 
     int read_end() const { return read_fd_; }
 

@@ -5,6 +5,7 @@ namespace p2vfs {
 
 extern const Format raw_format;
 extern const Format qcow2_format;
+extern const Format vdi_dynamic_format;
 extern const Format vhd_dynamic_format;
 extern const Format vhd_fixed_format;
 extern const Format vhdx_dynamic_format;
@@ -24,6 +25,7 @@ const std::vector<const Format*>& format_table() {
         &vmdk_flat_format,
         &vmdk_stream_format,
         &qcow2_format,
+        &vdi_dynamic_format,
     };
     return table;
 }

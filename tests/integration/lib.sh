@@ -442,8 +442,26 @@ fixture() {
 
 # ---------------------------------------------------------------- views
 
+# The files of a source's folder with the default views, one per line of the
+# format table (the monolithicFlat pair is two files).
 # shellcheck disable=SC2034 # used by the tests
-VIEWS=(disk.raw disk.vhd disk-fixed.vhd disk.vmdk)
+VIEWS=(disk.raw disk.vhd disk-fixed.vhd disk.vhdx disk-fixed.vhdx disk.vmdk disk-esx.vmdk
+    disk-esx-flat.vmdk disk-stream.vmdk disk.qcow2 disk.vdi)
+
+# sorted_listing FILE...: the names as list_dir prints a folder holding them.
+sorted_listing() {
+    printf '%s\n' "$@" | LC_ALL=C sort | tr '\n' ' '
+}
+
+# libyal_reader FILE: the libyal info tool that reads a view file, if any.
+libyal_reader() {
+    case $1 in
+    *-flat.vmdk) ;;
+    *.vhd | *.vhdx) echo vhdiinfo ;;
+    *.vmdk) echo vmdkinfo ;;
+    *.qcow2) echo qcowinfo ;;
+    esac
+}
 
 # qemu_checkable FORMAT: whether `qemu-img check` supports the format
 # (raw and vpc answer "not supported", exit 63).

@@ -5,13 +5,14 @@
 #  - qemu-img info names the format and the virtual size (the source size
 #    rounded up to 512 bytes; qemu reports raw files that way too, and
 #    stat(2) of disk.raw must be the exact source size);
-#  - qemu-img check passes the VMDK, and reports "not supported" (exit 63)
-#    for raw and vpc, so a change in qemu is noticed;
-#  - libyal's vhdiinfo and vmdkinfo open the VHDs and the VMDK and report
-#    the same media size.
+#  - qemu-img check passes every format that has checks (VMDK, VHDX, qcow2,
+#    VDI), and reports "not supported" (exit 63) for raw and vpc, so a change
+#    in qemu is noticed;
+#  - libyal's vhdiinfo, vmdkinfo and qcowinfo open the VHD/VHDX, VMDK and
+#    qcow2 files and report the same media size.
 source "$(dirname "$0")/lib.sh"
 need_root
-need_cmd qemu-img vhdiinfo vmdkinfo
+need_cmd qemu-img vhdiinfo vmdkinfo qcowinfo
 
 declare -A SRC=()
 SRC[sparse]=$(fixture sparse-ext4)
@@ -39,7 +40,7 @@ for name in sparse random tiny odd; do
     dir=$MNT/$name
     [[ -d $dir ]] || fail "$dir is missing"
     listing=$(list_dir "$dir")
-    assert_eq "disk-fixed.vhd disk.raw disk.vhd disk.vmdk " "$listing" "files in $dir"
+    assert_eq "$(sorted_listing "${VIEWS[@]}")" "$listing" "files in $dir"
 
     assert_eq "$size" "$(stat -c %s "$dir/disk.raw")" "$name: size of disk.raw"
     # A fixed VHD is the disk, whole sectors, followed by a 512-byte footer.
@@ -61,26 +62,18 @@ for name in sparse random tiny odd; do
         assert_eq "$want" "$(qemu_virtual_size "$fmt" "$f")" "$what: qemu-img info virtual-size"
 
         run_rc qemu-img check -f "$fmt" "$f"
-        case $fmt in
-        vmdk)
+        if qemu_checkable "$fmt"; then
             [[ $RC -eq 0 ]] || fail "$what: qemu-img check exited $RC: $(cat "$T/run.out" "$T/run.err")"
             assert_file_contains "$T/run.out" "^No errors were found on the image\.$" "$what: qemu-img check"
-            ;;
-        *)
+        else
             assert_eq 63 "$RC" "$what: qemu-img check -f $fmt exit status (format has no checks)"
-            ;;
-        esac
+        fi
 
-        case $view in
-        *.vhd)
-            assert_eq "$(round_up "$size" 512)" "$(libyal_media_size vhdiinfo "$f")" \
-                "$what: vhdiinfo media size"
-            ;;
-        *.vmdk)
-            assert_eq "$(round_up "$size" 512)" "$(libyal_media_size vmdkinfo "$f")" \
-                "$what: vmdkinfo media size"
-            ;;
-        esac
+        reader=$(libyal_reader "$view")
+        if [[ -n $reader ]]; then
+            assert_eq "$(round_up "$size" 512)" "$(libyal_media_size "$reader" "$f")" \
+                "$what: $reader media size"
+        fi
     done
 done
 

@@ -28,7 +28,7 @@ digest_views() {
     local mnt=$1 out=$2 name f
     : >"$out"
     for name in "${names[@]}"; do
-        for f in disk.vhd disk.vmdk; do
+        for f in disk.vhd disk.vhdx disk.vmdk disk-esx.vmdk disk-stream.vmdk disk.qcow2 disk.vdi; do
             printf '%s/%s %s %s\n' "$name" "$f" "$(stat -c %s "$mnt/$name/$f")" \
                 "$(sha256sum <"$mnt/$name/$f" | cut -d' ' -f1)" >>"$out"
         done
@@ -76,7 +76,7 @@ start_daemon "$T/mnt2" "${args[@]}"
 digest_views "$T/mnt2" "$T/run2.txt"
 stop_daemon "$T/mnt2"
 
-assert_lines 12 "$T/run1.txt" "digests of run 1"
+assert_lines 32 "$T/run1.txt" "digests of run 1" # 4 sources x (7 files + 1 footer)
 if ! diff -u "$T/run1.txt" "$T/run2.txt" >&2; then
     fail "views differ between two daemon runs over the same sources"
 fi

@@ -303,3 +303,23 @@ TEST(VmdkLayout, TerabyteDiskOpensWithoutReadingData) {
 
 } // namespace
 } // namespace p2vfs
+
+namespace p2vfs {
+namespace {
+
+TEST(VmdkLimits, RefusesDisksWhoseSectorOffsetsNeedMoreThan32Bits) {
+    EXPECT_NO_THROW(
+        make_view(*find_format("vmdk"), std::make_shared<test::MemoryDevice>(2047ULL << 30), {}));
+    try {
+        make_view(*find_format("vmdk"), std::make_shared<test::MemoryDevice>((2047ULL << 30) + 512),
+                  {});
+        FAIL() << "a disk over 2047 GiB was accepted";
+    } catch (const FormatLimitError& e) {
+        EXPECT_EQ(
+            std::string(e.what()),
+            "VMDK: disk of 2.00 TiB (2197949514240 bytes) exceeds the format's 2047 GiB limit");
+    }
+}
+
+} // namespace
+} // namespace p2vfs

@@ -164,7 +164,12 @@ struct FuseFrontend::Impl {
 
     static Impl& of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
 
-    void tune_read_ahead() const;
+    // Read-ahead of the mount's bdi: the path is found right after mounting,
+    // the value written on the first request after INIT (see tune_read_ahead).
+    std::string read_ahead_path;
+    std::once_flag read_ahead_once;
+    void find_read_ahead_path(const std::string& canonical_mount_point);
+    void tune_read_ahead();
 };
 
 namespace {
@@ -189,6 +194,7 @@ void op_init(void* userdata, struct fuse_conn_info* conn) {
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     auto& impl = FuseFrontend::Impl::of(req);
+    impl.tune_read_ahead();
     const Node* p = impl.node(parent);
     if (!p || !p->is_dir) {
         fuse_reply_err(req, ENOTDIR);
@@ -212,6 +218,7 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
     auto& impl = FuseFrontend::Impl::of(req);
+    impl.tune_read_ahead();
     const Node* n = impl.node(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
@@ -419,24 +426,33 @@ const struct fuse_lowlevel_ops operations = [] {
 
 } // namespace
 
-void FuseFrontend::Impl::tune_read_ahead() const {
-    // The kernel reads ahead 128 KiB by default, which keeps FUSE requests
-    // small; 1 MiB requests roughly double sequential throughput here.
+void FuseFrontend::Impl::find_read_ahead_path(const std::string& canonical_mount_point) {
     if (options.read_ahead_kb == 0)
         return;
-    char* real = ::realpath(options.mount_point.c_str(), nullptr);
-    const std::string dir = real ? real : options.mount_point;
-    std::free(real);
-    const auto m = find_mount(dir);
-    if (!m)
-        return;
-    const std::string path = "/sys/class/bdi/" + std::to_string(m->major) + ":" +
-                             std::to_string(m->minor) + "/read_ahead_kb";
-    std::ofstream f(path);
-    f << options.read_ahead_kb << "\n";
-    f.flush();
-    if (!f)
-        spdlog::debug("cannot set {} (not root?); keeping the kernel's read-ahead", path);
+    if (const auto m = find_mount(canonical_mount_point))
+        read_ahead_path = "/sys/class/bdi/" + std::to_string(m->major) + ":" +
+                          std::to_string(m->minor) + "/read_ahead_kb";
+}
+
+void FuseFrontend::Impl::tune_read_ahead() {
+    // The kernel reads ahead 128 KiB by default, which keeps FUSE requests
+    // small; 1 MiB requests roughly double sequential throughput. It must be
+    // set after the INIT exchange: the kernel sends INIT at mount time with
+    // the bdi's read-ahead then (128 KiB) and clamps the bdi to the
+    // max_readahead of the reply, undoing any earlier setting. So this runs
+    // once, on the first request after INIT.
+    std::call_once(read_ahead_once, [this] {
+        if (read_ahead_path.empty())
+            return;
+        std::ofstream f(read_ahead_path);
+        f << options.read_ahead_kb << "\n";
+        f.flush();
+        if (!f)
+            spdlog::debug("cannot set {} (not root?); keeping the kernel's read-ahead",
+                          read_ahead_path);
+        else
+            spdlog::debug("{} set to {}", read_ahead_path, options.read_ahead_kb);
+    });
 }
 
 FuseFrontend::FuseFrontend(FuseOptions options, std::vector<MountedFolder> folders)
@@ -486,10 +502,15 @@ void FuseFrontend::run() {
     if (fuse_set_signal_handlers(se) != 0)
         throw MountError("cannot install signal handlers", EIO);
     guard.handlers = true;
+    // Canonical before mounting: resolving it afterwards would ask the file
+    // system itself, which does not answer until the loop runs.
+    char* real = ::realpath(o.mount_point.c_str(), nullptr);
+    const std::string canonical = real ? real : o.mount_point;
+    std::free(real);
     if (fuse_session_mount(se, o.mount_point.c_str()) != 0)
         throw MountError("mount point " + o.mount_point + ": FUSE mount failed", EIO);
     guard.mounted = true;
-    impl_->tune_read_ahead();
+    impl_->find_read_ahead_path(canonical);
     spdlog::info("ready: {} folder(s) mounted at {}", impl_->node(1)->children.size(),
                  o.mount_point);
 

@@ -16,16 +16,9 @@ extern const Format vmdk_stream_format;
 
 const std::vector<const Format*>& format_table() {
     static const std::vector<const Format*> table{
-        &raw_format,
-        &vhd_dynamic_format,
-        &vhd_fixed_format,
-        &vhdx_dynamic_format,
-        &vhdx_fixed_format,
-        &vmdk_sparse_format,
-        &vmdk_flat_format,
-        &vmdk_stream_format,
-        &qcow2_format,
-        &vdi_dynamic_format,
+        &raw_format,        &vhd_dynamic_format, &vhd_fixed_format, &vhdx_dynamic_format,
+        &vhdx_fixed_format, &vmdk_sparse_format, &vmdk_flat_format, &vmdk_stream_format,
+        &qcow2_format,      &vdi_dynamic_format,
     };
     return table;
 }

@@ -2,6 +2,7 @@
 
 #include "common/endian.h"
 #include "common/error.h"
+#include "formats/allocation_map.h"
 
 #include <algorithm>
 #include <cstring>
@@ -45,6 +46,69 @@ void LayoutView::add_hole(uint64_t length) {
         [](uint64_t rel, uint64_t n) {
             return std::vector<Extent>{{rel, n, ExtentType::Hole}};
         });
+}
+
+namespace {
+
+struct StoredBlocks {
+    DevicePtr data;
+    const AllocationMap* map;
+
+    // Where `rel` lies on the disk, and how many bytes from there on are
+    // contiguous there (to the end of its run of consecutive blocks).
+    uint64_t locate(uint64_t rel, uint64_t& contiguous) const {
+        const uint64_t bs = map->block_size();
+        const uint64_t ordinal = rel / bs;
+        contiguous = map->run_remaining(ordinal) * bs - rel % bs;
+        return map->block_at(ordinal) * bs + rel % bs;
+    }
+
+    void read(unsigned char* out, size_t n, uint64_t rel) const {
+        while (n > 0) {
+            uint64_t contiguous;
+            const uint64_t at = locate(rel, contiguous);
+            const size_t k = static_cast<size_t>(std::min<uint64_t>(n, contiguous));
+            data->read(out, k, at);
+            out += k;
+            rel += k;
+            n -= k;
+        }
+    }
+
+    std::vector<Extent> extents(uint64_t rel, uint64_t n) const {
+        std::vector<Extent> out;
+        while (n > 0) {
+            uint64_t contiguous;
+            const uint64_t at = locate(rel, contiguous);
+            const uint64_t k = std::min(n, contiguous);
+            for (Extent e : data->extents(at, k)) {
+                e.offset = e.offset - at + rel;
+                append_extent(out, e);
+            }
+            rel += k;
+            n -= k;
+        }
+        return out;
+    }
+
+    std::optional<FdSpan> fd_span(uint64_t rel, size_t n) const {
+        uint64_t contiguous;
+        const uint64_t at = locate(rel, contiguous);
+        if (n > contiguous)
+            return std::nullopt;
+        return data->fd_span(at, n);
+    }
+};
+
+} // namespace
+
+void LayoutView::add_stored_blocks(DevicePtr data, const AllocationMap* map) {
+    auto area = std::make_shared<StoredBlocks>(StoredBlocks{std::move(data), map});
+    add_generated(
+        map->allocated_count() * map->block_size(),
+        [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); },
+        [area](uint64_t rel, uint64_t n) { return area->extents(rel, n); },
+        [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
 }
 
 const LayoutView::Segment& LayoutView::segment_at(uint64_t offset) const {

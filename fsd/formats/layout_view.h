@@ -14,6 +14,8 @@
 
 namespace p2vfs {
 
+class AllocationMap;
+
 class LayoutView : public BlockDevice {
 public:
     std::string name() const override { return name_; }
@@ -37,6 +39,13 @@ protected:
     void add_generated(uint64_t length, ReadFn read, ExtentsFn extents = {}, FdSpanFn fd = {});
     void add_device(DevicePtr dev, uint64_t dev_offset, uint64_t length);
     void add_hole(uint64_t length);
+    // The blocks of `map` that hold data, whole, one after another in disk
+    // order: what every dynamic format stores after its metadata. `data` is
+    // the source grown to whole blocks; `map` must outlive the view. A run
+    // of consecutive blocks is one contiguous range of `data`, so reads and
+    // splices take a whole run at once, and holes inside stored blocks stay
+    // holes in the view's extents (for SEEK_HOLE and sparse copies).
+    void add_stored_blocks(DevicePtr data, const AllocationMap* map);
     void pad_to(uint64_t offset) { add_hole(offset - end_); }
     uint64_t end() const { return end_; }
 

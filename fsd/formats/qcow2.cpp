@@ -141,41 +141,6 @@ uint64_t cluster_size_option(const ViewOptions& options) {
     return bytes;
 }
 
-// The stored data clusters, one after another in disk order.
-struct ClusterArea {
-    DevicePtr data;
-    const AllocationMap* map;
-    uint64_t cluster_bytes;
-
-    // Where `rel` lies on the disk, and how many bytes from there on are
-    // contiguous there (to the end of the run of consecutive clusters).
-    uint64_t locate(uint64_t rel, uint64_t& contiguous) const {
-        const uint64_t ordinal = rel / cluster_bytes;
-        contiguous = map->run_remaining(ordinal) * cluster_bytes - rel % cluster_bytes;
-        return map->block_at(ordinal) * cluster_bytes + rel % cluster_bytes;
-    }
-
-    void read(unsigned char* out, size_t n, uint64_t rel) const {
-        while (n > 0) {
-            uint64_t contiguous;
-            const uint64_t at = locate(rel, contiguous);
-            const size_t k = static_cast<size_t>(std::min<uint64_t>(n, contiguous));
-            data->read(out, k, at);
-            out += k;
-            rel += k;
-            n -= k;
-        }
-    }
-
-    std::optional<FdSpan> fd_span(uint64_t rel, size_t n) const {
-        uint64_t contiguous;
-        const uint64_t at = locate(rel, contiguous);
-        if (n > contiguous)
-            return std::nullopt;
-        return data->fd_span(at, n);
-    }
-};
-
 // Bytes [rel, rel+n) of the refcount blocks, read as one array of big-endian
 // 16-bit counts: 1 for each of the file's `used` clusters, then 0.
 void fill_refcounts(unsigned char* out, size_t n, uint64_t rel, uint64_t used) {
@@ -275,14 +240,7 @@ public:
             }
         });
 
-        // Clusters are stored whole and in disk order, so a run of
-        // consecutive clusters is one contiguous range of the (grown) source:
-        // reads and splices take a whole run at once.
-        auto area = std::make_shared<ClusterArea>(ClusterArea{data_, clusters, cluster_bytes});
-        add_generated(
-            l.data_clusters * cluster_bytes,
-            [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); }, {},
-            [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
+        add_stored_blocks(data_, clusters);
     }
 
 private:

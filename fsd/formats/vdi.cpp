@@ -98,43 +98,6 @@ template <typename T> std::vector<unsigned char> bytes_of(const T& s) {
     return {p, p + sizeof s};
 }
 
-// The stored blocks, one after another in disk order. A run of consecutive
-// blocks is one contiguous range of the (grown) source, so a read takes a
-// whole run at once and a splice may span it.
-struct BlockArea {
-    DevicePtr data;
-    const AllocationMap* map;
-
-    // Where `rel` lies on the disk, and how many bytes from there on are
-    // contiguous there (to the end of its run of consecutive blocks).
-    uint64_t locate(uint64_t rel, uint64_t& contiguous) const {
-        const uint64_t ordinal = rel / vdi::block_size;
-        const uint64_t within = rel % vdi::block_size;
-        contiguous = map->run_remaining(ordinal) * vdi::block_size - within;
-        return map->block_at(ordinal) * vdi::block_size + within;
-    }
-
-    void read(unsigned char* out, size_t n, uint64_t rel) const {
-        while (n > 0) {
-            uint64_t contiguous;
-            const uint64_t at = locate(rel, contiguous);
-            const size_t k = static_cast<size_t>(std::min<uint64_t>(n, contiguous));
-            data->read(out, k, at);
-            out += k;
-            rel += k;
-            n -= k;
-        }
-    }
-
-    std::optional<FdSpan> fd_span(uint64_t rel, size_t n) const {
-        uint64_t contiguous;
-        const uint64_t at = locate(rel, contiguous);
-        if (n > contiguous)
-            return std::nullopt;
-        return data->fd_span(at, n);
-    }
-};
-
 class VdiDynamicView : public LayoutView {
 public:
     explicit VdiDynamicView(const ViewRequest& req)
@@ -187,11 +150,7 @@ public:
         });
         pad_to(data_offset);
 
-        auto area = std::make_shared<BlockArea>(BlockArea{data_, map});
-        add_generated(
-            map_.allocated_count() * vdi::block_size,
-            [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); }, {},
-            [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
+        add_stored_blocks(data_, map);
     }
 
 private:

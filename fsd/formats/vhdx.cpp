@@ -246,59 +246,6 @@ std::vector<unsigned char> metadata(const ViewRequest& req, const std::string& k
     return m;
 }
 
-// The stored blocks of a dynamic view, one after another in disk order.
-struct PayloadArea {
-    DevicePtr data; // the source grown to whole blocks
-    const AllocationMap* map;
-    uint64_t block_size;
-
-    // Where `rel` lies on the disk, and how many bytes from there on are
-    // contiguous there (to the end of its run of consecutive blocks).
-    uint64_t locate(uint64_t rel, uint64_t& contiguous) const {
-        const uint64_t ordinal = rel / block_size;
-        contiguous = map->run_remaining(ordinal) * block_size - rel % block_size;
-        return map->block_at(ordinal) * block_size + rel % block_size;
-    }
-
-    void read(unsigned char* out, size_t n, uint64_t rel) const {
-        while (n > 0) {
-            uint64_t contiguous;
-            const uint64_t at = locate(rel, contiguous);
-            const size_t k = static_cast<size_t>(std::min<uint64_t>(n, contiguous));
-            data->read(out, k, at);
-            out += k;
-            rel += k;
-            n -= k;
-        }
-    }
-
-    // The source's own allocation inside stored blocks: a block is stored
-    // whole, but its holes stay holes for SEEK_HOLE and sparse copies.
-    std::vector<Extent> extents(uint64_t rel, uint64_t n) const {
-        std::vector<Extent> out;
-        while (n > 0) {
-            uint64_t contiguous;
-            const uint64_t at = locate(rel, contiguous);
-            const uint64_t k = std::min(n, contiguous);
-            for (Extent e : data->extents(at, k)) {
-                e.offset = e.offset - at + rel;
-                append_extent(out, e);
-            }
-            rel += k;
-            n -= k;
-        }
-        return out;
-    }
-
-    std::optional<FdSpan> fd_span(uint64_t rel, size_t n) const {
-        uint64_t contiguous;
-        const uint64_t at = locate(rel, contiguous);
-        if (n > contiguous)
-            return std::nullopt;
-        return data->fd_span(at, n);
-    }
-};
-
 class VhdxView : public LayoutView {
 protected:
     VhdxView(const ViewRequest& req, const std::string& kind, bool fixed)
@@ -332,12 +279,7 @@ protected:
             return o ? (data_start + *o * block_size) | vhdx::payload_block_fully_present
                      : vhdx::payload_block_not_present;
         });
-        auto area = std::make_shared<PayloadArea>(PayloadArea{data_, map, g.block_size});
-        add_generated(
-            map_.allocated_count() * g.block_size,
-            [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); },
-            [area](uint64_t rel, uint64_t n) { return area->extents(rel, n); },
-            [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
+        add_stored_blocks(data_, map);
     }
 
 private:

@@ -38,41 +38,6 @@ std::string descriptor_text(const ViewRequest& req, uint64_t capacity_sectors) {
     });
 }
 
-// The stored grains, one after another in disk order.
-struct GrainArea {
-    DevicePtr data;
-    const AllocationMap* map;
-    uint64_t grain_bytes;
-
-    // Where `rel` lies on the disk, and how many bytes from there on are
-    // contiguous there (to the end of the run of consecutive grains).
-    uint64_t locate(uint64_t rel, uint64_t& contiguous) const {
-        const uint64_t ordinal = rel / grain_bytes;
-        contiguous = map->run_remaining(ordinal) * grain_bytes - rel % grain_bytes;
-        return map->block_at(ordinal) * grain_bytes + rel % grain_bytes;
-    }
-
-    void read(unsigned char* out, size_t n, uint64_t rel) const {
-        while (n > 0) {
-            uint64_t contiguous;
-            const uint64_t at = locate(rel, contiguous);
-            const size_t k = static_cast<size_t>(std::min<uint64_t>(n, contiguous));
-            data->read(out, k, at);
-            out += k;
-            rel += k;
-            n -= k;
-        }
-    }
-
-    std::optional<FdSpan> fd_span(uint64_t rel, size_t n) const {
-        uint64_t contiguous;
-        const uint64_t at = locate(rel, contiguous);
-        if (n > contiguous)
-            return std::nullopt;
-        return data->fd_span(at, n);
-    }
-};
-
 class VmdkSparseView : public LayoutView {
 public:
     explicit VmdkSparseView(const ViewRequest& req)
@@ -147,14 +112,7 @@ public:
         }
         pad_to(over_head * vmdk::sector_size);
 
-        // Grains are stored whole and in disk order, so a run of consecutive
-        // grains is one contiguous range of the (grown) source: reads and
-        // splices take a whole run at once.
-        auto area = std::make_shared<GrainArea>(GrainArea{data_, map, grain_bytes});
-        add_generated(
-            map_.allocated_count() * grain_bytes,
-            [area](unsigned char* out, size_t n, uint64_t rel) { area->read(out, n, rel); }, {},
-            [area](uint64_t rel, size_t n) { return area->fd_span(rel, n); });
+        add_stored_blocks(data_, map);
         if (over_head > 0xffffffffULL ||
             over_head + map_.allocated_count() * grain_sectors > 0xffffffffULL)
             throw FormatLimitError("VMDK: disk of " + human_size(req.source->size()) +

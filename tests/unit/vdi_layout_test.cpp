@@ -158,8 +158,12 @@ TEST(VdiLayout, PaddingBeforeTheBlockMapAndTheDataIsAHole) {
     EXPECT_EQ(ext[1], (Extent{header_end, MiB - header_end, ExtentType::Hole}));
     EXPECT_EQ(ext[2], (Extent{MiB, 40, ExtentType::Data}));
     EXPECT_EQ(ext[3], (Extent{MiB + 40, MiB - 40, ExtentType::Hole}));
+    // Blocks are stored whole, but holes of the source inside them stay
+    // holes of the file (the first stored block holds 100 bytes of data).
     EXPECT_EQ(v->extents(2 * MiB, 2 * MiB),
-              (std::vector<Extent>{{2 * MiB, 2 * MiB, ExtentType::Data}}));
+              (std::vector<Extent>{{2 * MiB, 100, ExtentType::Data},
+                                   {2 * MiB + 100, MiB - 100, ExtentType::Hole},
+                                   {3 * MiB, MiB, ExtentType::Data}}));
 }
 
 TEST(VdiLayout, ReadsBackAsTheSourceDisk) {

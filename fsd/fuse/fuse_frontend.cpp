@@ -87,6 +87,8 @@ struct FuseFrontend::Impl {
     uid_t uid = ::getuid();
     gid_t gid = ::getgid();
 
+    struct fuse_session* session = nullptr; // set while the loop runs
+
     Node* node(fuse_ino_t ino) const {
         if (ino == 0 || ino > nodes.size())
             return nullptr;
@@ -136,8 +138,15 @@ struct FuseFrontend::Impl {
         std::lock_guard<std::mutex> lock(n.prepare_mutex);
         if (n.dev())
             return; // another open prepared it while this one waited
-        PrepareProgress progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
-        n.prepared = prepared(n.device, std::ref(progress));
+        PrepareProgress log(n.name + " of '" + nodes[n.parent - 1]->name + "'");
+        // A long pass (compressing a large disk) must not hold up a
+        // SIGTERM: once the session is exiting, the pass is cancelled.
+        auto progress = [this, &log](uint64_t done, uint64_t total) {
+            if (session && fuse_session_exited(session))
+                throw Error("preparation cancelled: the daemon is stopping", ECANCELED);
+            log(done, total);
+        };
+        n.prepared = prepared(n.device, progress);
         n.active.store(n.prepared.get(), std::memory_order_release);
         spdlog::info("{} of '{}': ready, {} bytes", n.name, nodes[n.parent - 1]->name,
                      n.prepared->size());
@@ -297,7 +306,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     try {
         impl.prepare(*n);
     } catch (const std::exception& e) {
-        reply_error(req, *n, "preparing", 0, 0, e);
+        const auto* err = dynamic_cast<const Error*>(&e);
+        spdlog::error("preparing {} of '{}': {}", n->name, impl.node(n->parent)->name, e.what());
+        fuse_reply_err(req, err ? err->error_number() : EIO);
         return;
     }
     fuse_reply_open(req, fi);
@@ -486,6 +497,7 @@ void FuseFrontend::run() {
     fuse_opt_free_args(&args);
     if (!se)
         throw MountError("cannot create a FUSE session (is /dev/fuse available?)", EIO);
+    impl_->session = se;
     struct SessionGuard {
         fuse_session* se;
         bool handlers = false;
@@ -520,6 +532,7 @@ void FuseFrontend::run() {
     fuse_loop_cfg_set_idle_threads(cfg, std::max(1u, o.max_threads / 2));
     const int rc = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
+    impl_->session = nullptr; // the workers are gone; the guard destroys it
     spdlog::info("unmounting {}", o.mount_point);
     if (rc < 0)
         spdlog::warn("FUSE loop ended with: {}", errno_text(-rc));

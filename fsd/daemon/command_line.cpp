@@ -54,7 +54,9 @@ std::string usage_text() {
            "                             one more view file of source NAME with its own\n"
            "                             options, e.g. pc1/azure.vhd=vhd-fixed,round=mib\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
-           "      --no-splice            copy reads through memory instead of splicing\n"
+           "      --splice               splice reads that map to one source range instead\n"
+           "                             of copying them (no faster here, more memory)\n"
+           "      --no-splice            copy reads through memory (the default)\n"
            "      --threads N            FUSE worker threads (default 8)\n"
            "      --log-level LEVEL      trace, debug, info (default), warn, error\n"
            "      --fuse-debug           print every FUSE request\n"
@@ -72,6 +74,7 @@ DaemonArgs parse_command_line(int argc, char** argv) {
     enum {
         opt_direct = 256,
         opt_no_splice,
+        opt_splice,
         opt_threads,
         opt_log_level,
         opt_fuse_debug,
@@ -87,6 +90,7 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         {"view", required_argument, nullptr, opt_view},
         {"direct", no_argument, nullptr, opt_direct},
         {"no-splice", no_argument, nullptr, opt_no_splice},
+        {"splice", no_argument, nullptr, opt_splice},
         {"threads", required_argument, nullptr, opt_threads},
         {"log-level", required_argument, nullptr, opt_log_level},
         {"fuse-debug", no_argument, nullptr, opt_fuse_debug},
@@ -176,6 +180,9 @@ DaemonArgs parse_command_line(int argc, char** argv) {
             break;
         case opt_no_splice:
             a.splice = false;
+            break;
+        case opt_splice:
+            a.splice = true;
             break;
         case opt_threads: {
             char* end = nullptr;

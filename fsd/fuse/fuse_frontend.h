@@ -27,7 +27,7 @@ struct MountedFolder {
 
 struct FuseOptions {
     std::string mount_point;
-    bool splice = true;            // reply with splice when a read maps to one fd range
+    bool splice = false;           // reply with splice when a read maps to one fd range
     unsigned max_threads = 8;      // worker threads of the FUSE loop
     unsigned read_ahead_kb = 1024; // raised on the mount's bdi after mounting
     bool debug = false;            // libfuse's own request trace

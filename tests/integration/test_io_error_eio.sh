@@ -29,8 +29,6 @@ wait_for 10 is_fuse_mount "$T/nbd" || fail "nbdfuse did not mount $T/nbd"
 wait_for 10 test -f "$T/nbd/disk.img" || fail "$T/nbd/disk.img did not appear"
 assert_eq "$(stat -c %s "$src")" "$(stat -c %s "$T/nbd/disk.img")" "size of the nbdfuse file"
 
-start_daemon "$T/mnt" --source e="$T/nbd/disk.img"
-raw=$T/mnt/e/disk.raw
 MiB=$((1 << 20))
 
 # read_at FILE MIB: the 64 KiB at MIB MiB into FILE, on stdout.
@@ -38,32 +36,45 @@ read_at() {
     dd if="$1" bs=64K count=1 skip=$(($2 * 16)) status=none
 }
 
-# Healthy: the first MiB reads and matches.
-cmp <(dd if="$raw" bs=1M count=1 status=none) <(head -c $MiB "$src") ||
-    fail "the first MiB of disk.raw differs from the source"
+# check_mode MODE BASE: the whole story on one read path (copies by default,
+# or --splice), at offsets BASE MiB apart from the other mode's, so that no
+# page cache (nbdfuse's, the view's) holds what is read.
+check_mode() {
+    local mode=$1 base=$2
+    start_daemon "$T/mnt$mode" "$mode" --source e="$T/nbd/disk.img"
+    raw=$T/mnt$mode/e/disk.raw
+    log "read path: $mode"
 
-# Broken: a read at 32 MiB fails with EIO.
-touch "$TRIGGER"
-bad_mib=32
-run_rc dd if="$raw" of=/dev/null bs=64K count=1 skip=$((bad_mib * 16))
-assert_ne 0 "$RC" "dd at $bad_mib MiB with the source failing: exit status"
-assert_file_contains "$T/run.err" "Input/output error" "dd at $bad_mib MiB with the source failing"
+    # Healthy: the first MiB reads and matches.
+    cmp <(read_at "$raw" $((base + 1))) <(read_at "$src" $((base + 1))) ||
+        fail "disk.raw at $((base + 1)) MiB differs from the source"
 
-# The log names the failing offset in hex (leading zeros allowed).
-hex=$(printf '%x' $((bad_mib * MiB)))
-wait_for 5 grep -Eqi "0x0*${hex}([^0-9a-f]|\$)" "$DAEMON_LOG" ||
-    fail "the daemon log has no line with offset 0x$hex"
-assert_file_contains "$DAEMON_LOG" "error.*0x0*${hex}([^0-9a-fA-F]|\$)" "error line in the daemon log"
-daemon_alive || fail "the daemon died after an I/O error"
+    # Broken: a read at 32 MiB fails with EIO.
+    touch "$TRIGGER"
+    bad_mib=$((base + 32))
+    run_rc dd if="$raw" of=/dev/null bs=64K count=1 skip=$((bad_mib * 16))
+    assert_ne 0 "$RC" "dd at $bad_mib MiB with the source failing: exit status"
+    assert_file_contains "$T/run.err" "Input/output error" "dd at $bad_mib MiB with the source failing"
 
-# Healed: a fresh region and the one that failed both read correctly.
-rm "$TRIGGER"
-for mib in 48 $bad_mib; do
-    cmp <(read_at "$raw" "$mib") <(read_at "$src" "$mib") ||
-        fail "disk.raw at $mib MiB differs from the source after the error"
-done
-# Formats with metadata over the same source keep working too.
-cmp <(dd if="$T/mnt/e/disk-fixed.vhd" bs=64K count=1 skip=$((40 * 16)) status=none) \
-    <(read_at "$src" 40) || fail "disk-fixed.vhd at 40 MiB differs from the source"
-daemon_alive || fail "the daemon is not serving after the source healed"
-stop_daemon
+    # The log names the failing offset in hex (leading zeros allowed).
+    hex=$(printf '%x' $((bad_mib * MiB)))
+    wait_for 5 grep -Eqi "0x0*${hex}([^0-9a-f]|\$)" "$DAEMON_LOG" ||
+        fail "the daemon log has no line with offset 0x$hex"
+    assert_file_contains "$DAEMON_LOG" "error.*0x0*${hex}([^0-9a-fA-F]|\$)" "error line in the daemon log"
+    daemon_alive || fail "the daemon died after an I/O error"
+
+    # Healed: a fresh region and the one that failed both read correctly.
+    rm "$TRIGGER"
+    for mib in $((base + 48)) $bad_mib; do
+        cmp <(read_at "$raw" "$mib") <(read_at "$src" "$mib") ||
+            fail "disk.raw at $mib MiB differs from the source after the error"
+    done
+    # Formats with metadata over the same source keep working too.
+    cmp <(read_at "$T/mnt$mode/e/disk-fixed.vhd" $((base + 40))) <(read_at "$src" $((base + 40))) ||
+        fail "disk-fixed.vhd at $((base + 40)) MiB differs from the source"
+    daemon_alive || fail "the daemon is not serving after the source healed"
+    stop_daemon
+}
+
+check_mode --no-splice 0
+check_mode --splice 8

@@ -142,25 +142,27 @@ EOF
 declare -A SRC=()
 SRC[odd]=$(fixture odd)
 SRC[random]=$(fixture random)
-start_daemon "$T/mnt" --source odd="${SRC[odd]}" --source random="${SRC[random]}"
-
-for name in odd random; do
-    files=()
-    while IFS= read -r f; do files+=("$f"); done < <(find "$T/mnt/$name" -maxdepth 1 -type f | LC_ALL=C sort)
-    [[ ${#files[@]} -ge 2 ]] || fail "$name: expected the view files of every format, found ${#files[@]}"
-    for f in "${files[@]}"; do
-        what="$name/$(basename "$f")"
-        cat "$f" >"$T/seq"
-        assert_eq "$(stat -c %s "$f")" "$(stat -c %s "$T/seq")" "$what: bytes of one sequential read"
-        # A read that never returns fails the test instead of hanging it.
-        RC=0
-        timeout -s KILL 300 python3 "$T/random_reads.py" "$f" "$T/seq" "$SEED" "$READS" \
-            "$T/current_read" >"$T/reads.out" 2>&1 || RC=$?
-        cat "$T/reads.out"
-        [[ $RC -ne 137 ]] ||
-            fail "$what: $(cat "$T/current_read") did not return within 300 s (seed $SEED)"
-        [[ $RC -eq 0 ]] || fail "$what: random reads differ from the sequential read (seed $SEED)"
+# Both read paths: copies (the default) and splices (--splice).
+for mode in --no-splice --splice; do
+    start_daemon "$T/mnt$mode" "$mode" --source odd="${SRC[odd]}" --source random="${SRC[random]}"
+    log "read path: $mode"
+    for name in odd random; do
+        files=()
+        while IFS= read -r f; do files+=("$f"); done < <(find "$T/mnt$mode/$name" -maxdepth 1 -type f | LC_ALL=C sort)
+        [[ ${#files[@]} -ge 2 ]] || fail "$name: expected the view files of every format, found ${#files[@]}"
+        for f in "${files[@]}"; do
+            what="$name/$(basename "$f") ($mode)"
+            cat "$f" >"$T/seq"
+            assert_eq "$(stat -c %s "$f")" "$(stat -c %s "$T/seq")" "$what: bytes of one sequential read"
+            # A read that never returns fails the test instead of hanging it.
+            RC=0
+            timeout -s KILL 300 python3 "$T/random_reads.py" "$f" "$T/seq" "$SEED" "$READS" \
+                "$T/current_read" >"$T/reads.out" 2>&1 || RC=$?
+            cat "$T/reads.out"
+            [[ $RC -ne 137 ]] ||
+                fail "$what: $(cat "$T/current_read") did not return within 300 s (seed $SEED)"
+            [[ $RC -eq 0 ]] || fail "$what: random reads differ from the sequential read (seed $SEED)"
+        done
     done
+    stop_daemon
 done
-
-stop_daemon

@@ -596,7 +596,7 @@ SPARSE_DATA=$(data_bytes "$SPARSE")
 # ---- 1. sequential reads, fully allocated source
 progress "== 1. sequential reads, fully allocated source ($SIZE_GIB GiB)"
 dd if="$FULL" of=/dev/null bs=1M status=none # warm the page cache
-p2v_start fs "$FULL" && p2v_settle fs
+p2v_start fs "$FULL" --splice && p2v_settle fs
 RA_SHIPPED=${I_RA[fs]:-?}
 p2v_start fn "$FULL" --no-splice && p2v_settle fn
 p2v_start fd "$FULL" && p2v_settle fd
@@ -605,7 +605,7 @@ if [[ $RA_SHIPPED != 1024 ]]; then
     FORCED=yes
     progress " p2vfsd's mount has read_ahead_kb=$RA_SHIPPED, not 1024: also measuring with 1024 set by this script"
     I_FORCE_RA[fsr]=1024
-    p2v_start fsr "$FULL" && p2v_settle fsr
+    p2v_start fsr "$FULL" --splice && p2v_settle fsr
     I_FORCE_RA[fnr]=1024
     p2v_start fnr "$FULL" --no-splice && p2v_settle fnr
 fi
@@ -646,7 +646,7 @@ xm_stop xmvmdk
 # ---- 1b. sequential reads, sparse source
 progress "== 1b. sequential reads, sparse source ($SPARSE_GIB GiB virtual, $((SPARSE_DATA >> 20)) MiB data)"
 dd if="$SPARSE" of=/dev/null bs=1M status=none
-p2v_start ss "$SPARSE" && p2v_settle ss
+p2v_start ss "$SPARSE" --splice && p2v_settle ss
 p2v_start sn "$SPARSE" --no-splice && p2v_settle sn
 nbdkit_start "$SPARSE" && nbd_mount nbd && nbd_mount nbdra
 stat "${N_MNT[nbdra]}/f" >/dev/null
@@ -885,8 +885,8 @@ rep ""
 
 rep "3. Memory"
 rep "  p2vfsd VmRSS right after 'ready': sparse $(mib "${MEM[sparse.rss0]:-}"), full $(mib "${MEM[full.rss0]:-}"), 1 TiB $(mib "${MEM[h1024.rss0]:-}"), 2040 GiB $(mib "${MEM[h2040.rss0]:-}")"
-rep "  p2vfsd VmHWM after all reads of a run (full source): as shipped $(mib "${I_HWM[fs]:-}"), --no-splice $(mib "${I_HWM[fn]:-}"), O_DIRECT $(mib "${I_HWM[fd]:-}")$([[ $FORCED == yes ]] && echo ", ra 1024 $(mib "${I_HWM[fsr]:-}"), --no-splice ra 1024 $(mib "${I_HWM[fnr]:-}")")"
-rep "  p2vfsd VmHWM after all reads of a run (sparse source): as shipped $(mib "${I_HWM[ss]:-}"), --no-splice $(mib "${I_HWM[sn]:-}")"
+rep "  p2vfsd VmHWM after all reads of a run (full source): --splice $(mib "${I_HWM[fs]:-}"), --no-splice $(mib "${I_HWM[fn]:-}"), O_DIRECT $(mib "${I_HWM[fd]:-}")$([[ $FORCED == yes ]] && echo ", ra 1024 $(mib "${I_HWM[fsr]:-}"), --no-splice ra 1024 $(mib "${I_HWM[fnr]:-}")")"
+rep "  p2vfsd VmHWM after all reads of a run (sparse source): --splice $(mib "${I_HWM[ss]:-}"), --no-splice $(mib "${I_HWM[sn]:-}")"
 rep "  p2vfsd VmHWM after convert and cp through the mount: sparse $(mib "${I_HWM[csparse]:-}"), full $(mib "${I_HWM[cfull]:-}")"
 rep "  peers: nbdfuse + nbdkit VmHWM $(mib "$NBD_HWM"); xmount VmHWM $(mib "$XM_HWM"); qemu-img convert -O vmdk max RSS $(mib "${MEM[full.conv-vmdk]:-}") (full), $(mib "${MEM[sparse.conv-vmdk]:-}") (sparse)"
 rep ""

@@ -115,6 +115,15 @@ REPORT="$WORK/report.txt"
 # A private copy, so a rebuild of the tree during the run cannot mix binaries.
 BIN="$WORK/p2vfsd"
 cp "$DAEMON" "$BIN" || die "cannot copy $DAEMON"
+# Read paths: builds up to 7f75f69 splice by default and take --no-splice;
+# later ones copy by default and take --splice (and still accept --no-splice).
+# Both paths are measured; M is the default one, the figure "as shipped".
+if "$BIN" --help 2>&1 | grep -q -- '^ *--splice'; then
+    SPLICE_ARGS=(--splice) M=nosplice
+else
+    SPLICE_ARGS=() M=splice
+fi
+declare -A MODE_NAME=([splice]=splice [nosplice]=copy)
 
 PIDS=()   # every server process this script started
 MOUNTS=() # every mount point it used
@@ -498,7 +507,7 @@ p2v_alive() {
 VIEWS=(raw vhd fixed vmdk)
 declare -A VFILE=([raw]=disk.raw [vhd]=disk.vhd [fixed]=disk-fixed.vhd [vmdk]=disk.vmdk)
 declare -A VFMT=([raw]=raw [vhd]=vpc [fixed]=vpc [vmdk]=vmdk)
-# Formats of newer builds: read as shipped too, when the mount shows them
+# Formats of newer builds: read too (default read path), when the mount shows them
 EXTRA_VIEWS=(qcow2 vhdx vhdxfixed vdi)
 VFILE+=([qcow2]=disk.qcow2 [vhdx]=disk.vhdx [vhdxfixed]=disk-fixed.vhdx [vdi]=disk.vdi)
 EXTRAS=()
@@ -596,16 +605,17 @@ SPARSE_DATA=$(data_bytes "$SPARSE")
 # ---- 1. sequential reads, fully allocated source
 progress "== 1. sequential reads, fully allocated source ($SIZE_GIB GiB)"
 dd if="$FULL" of=/dev/null bs=1M status=none # warm the page cache
-p2v_start fs "$FULL" --splice && p2v_settle fs
-RA_SHIPPED=${I_RA[fs]:-?}
+p2v_start fs "$FULL" "${SPLICE_ARGS[@]}" && p2v_settle fs
 p2v_start fn "$FULL" --no-splice && p2v_settle fn
+if [[ $M == splice ]]; then MAIN_FULL=fs MAIN_SPARSE=ss; else MAIN_FULL=fn MAIN_SPARSE=sn; fi
+RA_SHIPPED=${I_RA[$MAIN_FULL]:-?}
 p2v_start fd "$FULL" && p2v_settle fd
 FORCED=no
 if [[ $RA_SHIPPED != 1024 ]]; then
     FORCED=yes
     progress " p2vfsd's mount has read_ahead_kb=$RA_SHIPPED, not 1024: also measuring with 1024 set by this script"
     I_FORCE_RA[fsr]=1024
-    p2v_start fsr "$FULL" --splice && p2v_settle fsr
+    p2v_start fsr "$FULL" "${SPLICE_ARGS[@]}" && p2v_settle fsr
     I_FORCE_RA[fnr]=1024
     p2v_start fnr "$FULL" --no-splice && p2v_settle fnr
 fi
@@ -621,9 +631,10 @@ XM_RA=$(read_ra "${X_MNT[xmvhd]}")
 clear_readers
 add_reader full.cat src "" "$FULL"
 for v in "${VIEWS[@]}"; do add_reader "full.splice.$v" p2v fs "${VFILE[$v]}"; done
-find_extras fs
-for v in "${EXTRAS[@]}"; do add_reader "full.splice.$v" p2v fs "${VFILE[$v]}"; done
+find_extras "$MAIN_FULL"
+[[ $M == splice ]] && for v in "${EXTRAS[@]}"; do add_reader "full.splice.$v" p2v fs "${VFILE[$v]}"; done
 for v in "${VIEWS[@]}"; do add_reader "full.nosplice.$v" p2v fn "${VFILE[$v]}"; done
+[[ $M == nosplice ]] && for v in "${EXTRAS[@]}"; do add_reader "full.nosplice.$v" p2v fn "${VFILE[$v]}"; done
 if [[ $FORCED == yes ]]; then
     for v in "${VIEWS[@]}"; do add_reader "full.splice-ra.$v" p2v fsr "${VFILE[$v]}"; done
     for v in "${VIEWS[@]}"; do add_reader "full.nosplice-ra.$v" p2v fnr "${VFILE[$v]}"; done
@@ -646,7 +657,7 @@ xm_stop xmvmdk
 # ---- 1b. sequential reads, sparse source
 progress "== 1b. sequential reads, sparse source ($SPARSE_GIB GiB virtual, $((SPARSE_DATA >> 20)) MiB data)"
 dd if="$SPARSE" of=/dev/null bs=1M status=none
-p2v_start ss "$SPARSE" --splice && p2v_settle ss
+p2v_start ss "$SPARSE" "${SPLICE_ARGS[@]}" && p2v_settle ss
 p2v_start sn "$SPARSE" --no-splice && p2v_settle sn
 nbdkit_start "$SPARSE" && nbd_mount nbd && nbd_mount nbdra
 stat "${N_MNT[nbdra]}/f" >/dev/null
@@ -656,9 +667,10 @@ xm_mount xmvmdk "$SPARSE" vmdk && xm_find xmvmdk
 clear_readers
 add_reader sparse.cat src "" "$SPARSE"
 for v in "${VIEWS[@]}"; do add_reader "sparse.splice.$v" p2v ss "${VFILE[$v]}"; done
-find_extras ss
-for v in "${EXTRAS[@]}"; do add_reader "sparse.splice.$v" p2v ss "${VFILE[$v]}"; done
+find_extras "$MAIN_SPARSE"
+[[ $M == splice ]] && for v in "${EXTRAS[@]}"; do add_reader "sparse.splice.$v" p2v ss "${VFILE[$v]}"; done
 for v in "${VIEWS[@]}"; do add_reader "sparse.nosplice.$v" p2v sn "${VFILE[$v]}"; done
+[[ $M == nosplice ]] && for v in "${EXTRAS[@]}"; do add_reader "sparse.nosplice.$v" p2v sn "${VFILE[$v]}"; done
 add_reader sparse.nbd nbd nbd ""
 add_reader sparse.nbd-ra nbd nbdra ""
 add_reader sparse.xm-vhd xm xmvhd ""
@@ -812,6 +824,7 @@ rep "peers: $(qemu-img --version | head -n 1); $(nbdkit --version 2>&1 | head -n
 rep "reads: dd bs=1M to /dev/null, page cache warm, nothing dropped; $RUNS interleaved rounds, median"
 rep "conversions and copies: $RUNS interleaved rounds, median; they write to the page cache, the sync after each is not timed"
 rep "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; whole run ${T_TOTAL%.*} s"
+rep "p2vfsd read path: ${MODE_NAME[$M]} by default (the figures 'as shipped'); the other one is measured too; O_DIRECT, conversions and starts use the default"
 rep "FUSE read_ahead_kb: p2vfsd as shipped $RA_SHIPPED, nbdfuse default $NBD_RA_DEFAULT (raised to $NBD_RA_SET on a second mount), xmount ${XM_RA:-?}"
 rep ""
 
@@ -831,13 +844,14 @@ throughput_table() { # throughput_table SET TITLE
             "$(ratio "$r" "$cat_r")" "$(ratio "$r" "$nbd_r")" "$(ratio "$r" "$nbdra_r")")"
     }
     row "$set.cat" "dd of the source (the physical limit)"
-    for mode in splice nosplice splice-ra nosplice-ra direct; do
+    local first=$M second=splice
+    [[ $M == splice ]] && second=nosplice
+    for mode in "$first" "$second" splice-ra nosplice-ra direct; do
         for v in "${VIEWS[@]}" "${EXTRA_VIEWS[@]}"; do
             case $mode in
-                splice) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}" ;;
-                nosplice) row "$set.$mode.$v" "p2vfsd --no-splice ${VFILE[$v]}" ;;
-                splice-ra) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}, ra 1024 set" ;;
-                nosplice-ra) row "$set.$mode.$v" "p2vfsd --no-splice ${VFILE[$v]}, ra 1024 set" ;;
+                splice | nosplice) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}, ${MODE_NAME[$mode]}" ;;
+                splice-ra) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}, splice, ra 1024 set" ;;
+                nosplice-ra) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}, copy, ra 1024 set" ;;
                 direct) row "$set.$mode.$v" "p2vfsd ${VFILE[$v]}, O_DIRECT" ;;
             esac
         done
@@ -852,9 +866,9 @@ throughput_table() { # throughput_table SET TITLE
 throughput_table full "1. Sequential read, fully allocated source ($SIZE_GIB GiB of random data). x = throughput ratio, higher favours p2vfsd."
 throughput_table sparse "1b. Sequential read, sparse source ($SPARSE_GIB GiB virtual, $(bytes_h "$SPARSE_DATA") of data). Dynamic views hold only data blocks."
 
-rep "Splice against --no-splice (MiB/s of the splice mode / the --no-splice mode; > 1: splice is faster)"
+rep "Splice against copy (MiB/s with splicing / with copying; > 1: splice is faster)"
 for set in full sparse; do
-    line="  $set, as shipped:"
+    line="  $set:"
     for v in "${VIEWS[@]}"; do line+="  ${VFILE[$v]} $(ratio "$(mibps "$set.splice.$v")" "$(mibps "$set.nosplice.$v")")"; done
     rep "$line"
 done
@@ -885,8 +899,8 @@ rep ""
 
 rep "3. Memory"
 rep "  p2vfsd VmRSS right after 'ready': sparse $(mib "${MEM[sparse.rss0]:-}"), full $(mib "${MEM[full.rss0]:-}"), 1 TiB $(mib "${MEM[h1024.rss0]:-}"), 2040 GiB $(mib "${MEM[h2040.rss0]:-}")"
-rep "  p2vfsd VmHWM after all reads of a run (full source): --splice $(mib "${I_HWM[fs]:-}"), --no-splice $(mib "${I_HWM[fn]:-}"), O_DIRECT $(mib "${I_HWM[fd]:-}")$([[ $FORCED == yes ]] && echo ", ra 1024 $(mib "${I_HWM[fsr]:-}"), --no-splice ra 1024 $(mib "${I_HWM[fnr]:-}")")"
-rep "  p2vfsd VmHWM after all reads of a run (sparse source): --splice $(mib "${I_HWM[ss]:-}"), --no-splice $(mib "${I_HWM[sn]:-}")"
+rep "  p2vfsd VmHWM after all reads of a run (full source): splice $(mib "${I_HWM[fs]:-}"), copy $(mib "${I_HWM[fn]:-}"), O_DIRECT $(mib "${I_HWM[fd]:-}")$([[ $FORCED == yes ]] && echo ", splice ra 1024 $(mib "${I_HWM[fsr]:-}"), copy ra 1024 $(mib "${I_HWM[fnr]:-}")")"
+rep "  p2vfsd VmHWM after all reads of a run (sparse source): splice $(mib "${I_HWM[ss]:-}"), copy $(mib "${I_HWM[sn]:-}")"
 rep "  p2vfsd VmHWM after convert and cp through the mount: sparse $(mib "${I_HWM[csparse]:-}"), full $(mib "${I_HWM[cfull]:-}")"
 rep "  peers: nbdfuse + nbdkit VmHWM $(mib "$NBD_HWM"); xmount VmHWM $(mib "$XM_HWM"); qemu-img convert -O vmdk max RSS $(mib "${MEM[full.conv-vmdk]:-}") (full), $(mib "${MEM[sparse.conv-vmdk]:-}") (sparse)"
 rep ""
@@ -918,12 +932,12 @@ sum_tp() { # sum_tp LABEL P2VKEY PEERLABEL PEERKEY
     a=$(mibps "$2"); b=$(mibps "$4")
     S "$1" "$a" "$3" "$b" "$(ratio "$a" "$b")" "higher"
 }
-for v in "${VIEWS[@]}" "${EXTRA_VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.splice.$v" "dd of the source" "full.cat"; done
-for v in "${VIEWS[@]}" "${EXTRA_VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.splice.$v" "nbdfuse, read_ahead_kb 1024" "full.nbd-ra"; done
-for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.splice.$v" "nbdfuse, read_ahead_kb $NBD_RA_DEFAULT" "full.nbd"; done
-sum_tp "read disk-fixed.vhd, MiB/s" full.splice.fixed "xmount VHD" full.xm-vhd
-sum_tp "read disk.vmdk, MiB/s" full.splice.vmdk "xmount VMDK (flat)" full.xm-vmdk
-for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]} (splice), MiB/s" "full.splice.$v" "p2vfsd --no-splice" "full.nosplice.$v"; done
+for v in "${VIEWS[@]}" "${EXTRA_VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.$M.$v" "dd of the source" "full.cat"; done
+for v in "${VIEWS[@]}" "${EXTRA_VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.$M.$v" "nbdfuse, read_ahead_kb 1024" "full.nbd-ra"; done
+for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, MiB/s" "full.$M.$v" "nbdfuse, read_ahead_kb $NBD_RA_DEFAULT" "full.nbd"; done
+sum_tp "read disk-fixed.vhd, MiB/s" "full.$M.fixed" "xmount VHD" full.xm-vhd
+sum_tp "read disk.vmdk, MiB/s" "full.$M.vmdk" "xmount VMDK (flat)" full.xm-vmdk
+for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, splice, MiB/s" "full.splice.$v" "p2vfsd, copy" "full.nosplice.$v"; done
 if [[ $FORCED == yes ]]; then
     for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, ra 1024 set, MiB/s" "full.splice-ra.$v" "nbdfuse, read_ahead_kb 1024" "full.nbd-ra"; done
     for v in "${VIEWS[@]}"; do sum_tp "read ${VFILE[$v]}, --no-splice, ra 1024" "full.nosplice-ra.$v" "nbdfuse, read_ahead_kb 1024" "full.nbd-ra"; done
@@ -933,12 +947,10 @@ sum_t() { # sum_t LABEL P2VKEY PEERLABEL PEERKEY
     [[ -n ${R[$2]:-} && -n ${R[$4]:-} ]] || return 0
     S "$1" "$(secs "${R[$2]}")" "$3" "$(secs "${R[$4]}")" "$(ratio "${R[$2]}" "${R[$4]}")" "lower"
 }
-sum_t "sparse: read disk.raw" sparse.splice.raw "nbdfuse, read_ahead_kb 1024" sparse.nbd-ra
-sum_t "sparse: read disk.vhd" sparse.splice.vhd "xmount VHD" sparse.xm-vhd
-sum_t "sparse: read disk.vmdk" sparse.splice.vmdk "xmount VMDK (flat)" sparse.xm-vmdk
-sum_t "sparse: read disk.vhd" sparse.splice.vhd "p2vfsd disk.raw" sparse.splice.raw
-sum_t "sparse: read disk.vmdk" sparse.splice.vmdk "p2vfsd disk.raw" sparse.splice.raw
-for v in "${EXTRA_VIEWS[@]}"; do sum_t "sparse: read ${VFILE[$v]}" "sparse.splice.$v" "p2vfsd disk.raw" sparse.splice.raw; done
+sum_t "sparse: read disk.raw" "sparse.$M.raw" "nbdfuse, read_ahead_kb 1024" sparse.nbd-ra
+sum_t "sparse: read disk.vhd" "sparse.$M.vhd" "xmount VHD" sparse.xm-vhd
+sum_t "sparse: read disk.vmdk" "sparse.$M.vmdk" "xmount VMDK (flat)" sparse.xm-vmdk
+for v in vhd vmdk "${EXTRA_VIEWS[@]}"; do sum_t "sparse: read ${VFILE[$v]}" "sparse.$M.$v" "p2vfsd disk.raw" "sparse.$M.raw"; done
 for set in sparse full; do
     sum_t "$set: start -> info disk.vmdk" "$set.usable" "qemu-img convert -O vmdk" "$set.conv-vmdk"
     sum_t "$set: start -> info disk.vmdk" "$set.usable" "qemu-img convert -O vpc" "$set.conv-vpc"
@@ -954,8 +966,8 @@ for gib in 1024 2040; do
     sum_t "${HUGE_LABEL[$gib]}: start -> info disk.vmdk" "h$gib.info-vmdk" "qemu-img convert -O vmdk" "h$gib.conv-vmdk"
     sum_t "${HUGE_LABEL[$gib]}: start -> info disk.vhd" "h$gib.info-vhd" "qemu-img convert -O vpc" "h$gib.conv-vpc"
 done
-S "VmHWM after all full reads" "$(mib "${I_HWM[fs]:-}")" "nbdfuse + nbdkit VmHWM" "$(mib "$NBD_HWM")" "$(ratio "${I_HWM[fs]:-}" "$NBD_HWM")" "lower"
-S "VmHWM after all full reads" "$(mib "${I_HWM[fs]:-}")" "xmount VmHWM" "$(mib "$XM_HWM")" "$(ratio "${I_HWM[fs]:-}" "$XM_HWM")" "lower"
+S "VmHWM after all full reads" "$(mib "${I_HWM[$MAIN_FULL]:-}")" "nbdfuse + nbdkit VmHWM" "$(mib "$NBD_HWM")" "$(ratio "${I_HWM[$MAIN_FULL]:-}" "$NBD_HWM")" "lower"
+S "VmHWM after all full reads" "$(mib "${I_HWM[$MAIN_FULL]:-}")" "xmount VmHWM" "$(mib "$XM_HWM")" "$(ratio "${I_HWM[$MAIN_FULL]:-}" "$XM_HWM")" "lower"
 S "VmHWM after cp/convert via mount (full)" "$(mib "${I_HWM[cfull]:-}")" "qemu-img convert -O vmdk max RSS" "$(mib "${MEM[full.conv-vmdk]:-}")" "$(ratio "${I_HWM[cfull]:-}" "${MEM[full.conv-vmdk]:-}")" "lower"
 S "VmHWM, 2040 GiB, after info of 4 views" "$(mib "${MEM[h2040.hwm]:-}")" "qemu-img convert -O vmdk max RSS" "$(mib "${MEM[h2040.conv-vmdk]:-}")" "$(ratio "${MEM[h2040.hwm]:-}" "${MEM[h2040.conv-vmdk]:-}")" "lower"
 rep ""

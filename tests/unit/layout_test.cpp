@@ -5,12 +5,18 @@
 #include "common/error.h"
 #include "formats/format.h"
 #include "memory_device.h"
+#include "spec_bytes.h"
 
 #include <cstring>
 #include <gtest/gtest.h>
 
 namespace p2vfs {
 namespace {
+
+using test::be32_at;
+using test::be64_at;
+using test::le32_at;
+using test::le64_at;
 
 using test::MemoryDevice;
 using test::read_all;
@@ -20,19 +26,6 @@ constexpr uint64_t KiB = 1024, MiB = KiB * KiB, GiB = MiB * KiB;
 
 DevicePtr view(const char* format, DevicePtr src, std::map<std::string, std::string> opts = {}) {
     return make_view(*find_format(format), std::move(src), opts);
-}
-
-uint32_t be32_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_be<uint32_t>(&b[off]);
-}
-uint64_t be64_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_be<uint64_t>(&b[off]);
-}
-uint32_t le32_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint32_t>(&b[off]);
-}
-uint64_t le64_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint64_t>(&b[off]);
 }
 
 uint32_t vhd_checksum(std::vector<unsigned char> b, size_t checksum_at) {

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "formats/format.h"
 #include "memory_device.h"
+#include "spec_bytes.h"
 
 #include <atomic>
 #include <cstring>
@@ -16,6 +17,10 @@
 
 namespace p2vfs {
 namespace {
+
+using test::be16_at;
+using test::be32_at;
+using test::be64_at;
 
 using test::MemoryDevice;
 using test::read_all;
@@ -29,16 +34,6 @@ constexpr uint64_t copied = 1ULL << 63;
 
 DevicePtr qcow2(DevicePtr src, std::map<std::string, std::string> opts = {}) {
     return make_view(*find_format("qcow2"), std::move(src), opts);
-}
-
-uint16_t be16_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_be<uint16_t>(&b.at(off));
-}
-uint32_t be32_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_be<uint32_t>(&b.at(off));
-}
-uint64_t be64_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_be<uint64_t>(&b.at(off));
 }
 
 // A qcow2 reader from the specification's "Cluster mapping": the guest disk

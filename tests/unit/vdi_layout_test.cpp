@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "formats/format.h"
 #include "memory_device.h"
+#include "spec_bytes.h"
 
 #include <atomic>
 #include <cstring>
@@ -13,6 +14,9 @@
 
 namespace p2vfs {
 namespace {
+
+using test::le32_at;
+using test::le64_at;
 
 using test::MemoryDevice;
 using test::read_all;
@@ -63,12 +67,6 @@ DevicePtr vdi_view(DevicePtr src) {
     return make_view(*find_format("vdi"), std::move(src), {});
 }
 
-uint32_t le32_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint32_t>(&b[off]);
-}
-uint64_t le64_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint64_t>(&b[off]);
-}
 bool all_zero(const std::vector<unsigned char>& b, size_t from, size_t to) {
     return std::all_of(b.begin() + from, b.begin() + to, [](unsigned char c) { return c == 0; });
 }

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "formats/format.h"
 #include "memory_device.h"
+#include "spec_bytes.h"
 
 #include <array>
 #include <atomic>
@@ -15,6 +16,10 @@
 
 namespace p2vfs {
 namespace {
+
+using test::le16_at;
+using test::le32_at;
+using test::le64_at;
 
 using test::MemoryDevice;
 using test::read_all;
@@ -27,15 +32,6 @@ DevicePtr view(const char* format, DevicePtr src, Options opts = {}) {
     return make_view(*find_format(format), std::move(src), opts);
 }
 
-uint16_t le16_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint16_t>(&b[off]);
-}
-uint32_t le32_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint32_t>(&b[off]);
-}
-uint64_t le64_at(const std::vector<unsigned char>& b, size_t off) {
-    return load_le<uint64_t>(&b[off]);
-}
 std::string text_at(const std::vector<unsigned char>& b, size_t off, size_t n) {
     return std::string(b.begin() + static_cast<long>(off), b.begin() + static_cast<long>(off + n));
 }

@@ -11,6 +11,7 @@
 #include "formats/prepared_view.h"
 #include "formats/vmdk_stream.h"
 #include "memory_device.h"
+#include "spec_bytes.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -25,21 +26,16 @@
 namespace p2vfs {
 namespace {
 
+using test::le16_at;
+using test::le32_at;
+using test::le64_at;
+
 using test::MemoryDevice;
 using test::read_all;
 
 constexpr uint64_t KiB = 1024, MiB = KiB * KiB;
 constexpr uint64_t grain = 64 * KiB;
 
-uint32_t le32_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_le<uint32_t>(&b.at(off + 3) - 3);
-}
-uint64_t le64_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_le<uint64_t>(&b.at(off + 7) - 7);
-}
-uint16_t le16_at(const std::vector<unsigned char>& b, uint64_t off) {
-    return load_le<uint16_t>(&b.at(off + 1) - 1);
-}
 std::string text(const std::vector<unsigned char>& b) {
     return {b.begin(), b.end()};
 }

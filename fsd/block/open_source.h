@@ -1,18 +1,34 @@
 // Turns a --source SPEC into the device it names.
 //
-// Today a SPEC is a path to an image file or block device; NBD URIs and
-// snapshots will be recognised here by their scheme, behind the same option.
+//   /path/disk.img        a raw image file or a block device (LocalSource)
+//   /path/disk.qcow2      an image in a format qemu reads (qcow2, VMDK, VHD,
+//                         VHDX, VDI), probed by its magic, with its backing
+//                         chain, read through a private qemu-nbd
+//   qcow2:/path/x         the format named, not probed (raw: forces raw)
+//   nbd://host/export     a remote disk over NBD (any libnbd URI), behind a
+//                         read cache
+//
+// Block devices are never probed: a physical disk is raw whatever its first
+// sector says, so a machine being migrated cannot pass itself off as a qcow2
+// whose backing file is a file of the conversion host.
 #pragma once
 
 #include "block/block_device.h"
+#include "block/cache_device.h"
+#include "nbd-bridge/nbd_source.h"
 
 #include <string>
 
 namespace p2vfs {
 
 struct SourceOptions {
-    bool direct = false;
+    bool direct = false; // local sources: O_DIRECT
+    NbdOptions nbd;      // NBD sources, and images served by qemu-nbd
+    CacheOptions cache;  // NBD sources (remote); capacity 0: no cache
 };
+
+// Throws InvalidArgument naming the bad option.
+void validate(const SourceOptions& options);
 
 // Throws Error naming the spec when it cannot be opened or used.
 DevicePtr open_source(const std::string& spec, const SourceOptions& options);

@@ -1,6 +1,7 @@
 #include "common/error.h"
 
 #include <array>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 
@@ -33,6 +34,40 @@ std::string human_size(uint64_t bytes) {
     char buf[32];
     std::snprintf(buf, sizeof buf, v < 10 ? "%.2f %s" : "%.1f %s", v, units[u]);
     return buf;
+}
+
+uint64_t parse_size(const std::string& text, const std::string& what) {
+    const auto bad = [&] {
+        return InvalidArgument(what + " " + text +
+                               ": expected a size such as 4096, 64K, 256M or 2G");
+    };
+    size_t i = 0;
+    uint64_t n = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+        const uint64_t digit = static_cast<uint64_t>(text[i] - '0');
+        if (n > (UINT64_MAX - digit) / 10)
+            throw bad();
+        n = n * 10 + digit;
+        ++i;
+    }
+    if (i == 0)
+        throw bad();
+    std::string unit = text.substr(i);
+    if (unit.size() == 3 && unit.substr(1) == "iB")
+        unit.resize(1);
+    static const std::string units = "KMGT";
+    if (unit.empty() || unit == "B")
+        return n;
+    const size_t u =
+        unit.size() == 1
+            ? units.find(static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0]))))
+            : std::string::npos;
+    if (u == std::string::npos)
+        throw bad();
+    const unsigned shift = 10 * static_cast<unsigned>(u + 1);
+    if (n > (UINT64_MAX >> shift))
+        throw bad();
+    return n << shift;
 }
 
 std::string errno_text(int err) {

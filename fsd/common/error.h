@@ -40,6 +40,10 @@ std::string hex(uint64_t value);
 // "2.1 TiB", "512 B" — sizes in messages read as a person would say them.
 std::string human_size(uint64_t bytes);
 
+// "256M", "8MiB", "4096", "1G" -> bytes (binary units). Throws InvalidArgument
+// naming `what` ("--cache-size") for anything else.
+uint64_t parse_size(const std::string& text, const std::string& what);
+
 // strerror() that is thread-safe.
 std::string errno_text(int err);
 

@@ -30,6 +30,17 @@ bool valid_folder_name(const std::string& s) {
     return true;
 }
 
+unsigned long number_arg(const char* option, const char* value, unsigned long min,
+                         unsigned long max) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long n = std::strtoul(value, &end, 10);
+    if (*value == '\0' || *value == '-' || *end != '\0' || errno || n < min || n > max)
+        throw InvalidArgument(std::string(option) + " " + value + ": expected a number from " +
+                              std::to_string(min) + " to " + std::to_string(max));
+    return n;
+}
+
 } // namespace
 
 std::string usage_text() {
@@ -46,7 +57,15 @@ std::string usage_text() {
            "Shows each source disk as virtual disk files in DIR/NAME/, converted lazily.\n"
            "\n"
            "  -m, --mount DIR            where to mount (an empty directory)\n"
-           "  -s, --source NAME=SPEC     a disk image file or block device, shown in DIR/NAME\n"
+           "  -s, --source NAME=SPEC     a source disk, shown in DIR/NAME. SPEC is one of:\n"
+           "                               a raw image file or block device;\n"
+           "                               a qcow2, VMDK, VHD, VHDX or VDI image (its backing\n"
+           "                               chain included), read through qemu-nbd;\n"
+           "                               FORMAT:PATH to name the image format (raw, qcow2,\n"
+           "                               vmdk, vpc, vhdx, vdi) instead of probing it;\n"
+           "                               an NBD URI: nbd://HOST[:PORT]/EXPORT, nbds://...,\n"
+           "                               nbd+unix:///EXPORT?socket=PATH, with TLS as\n"
+           "                               ?tls-psk-file=FILE or ?tls-certificates=DIR\n"
            "  -o, --option FMT.KEY=VAL   a format option for every source, e.g.\n"
            "                             vmdk.adapter=lsilogic\n"
            "      --views FMT,FMT...     formats every source shows (default: all; 'none')\n"
@@ -54,6 +73,13 @@ std::string usage_text() {
            "                             one more view file of source NAME with its own\n"
            "                             options, e.g. pc1/azure.vhd=vhd-fixed,round=mib\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
+           "      --nbd-connections N    connections per NBD source when the server allows\n"
+           "                             multi-conn (default 4)\n"
+           "      --retry-timeout SECS   how long reads wait for a lost NBD server to come\n"
+           "                             back before failing (default 60)\n"
+           "      --cache-size SIZE      read cache of each NBD source, lz4-compressed bytes\n"
+           "                             (default 256M; 0: none)\n"
+           "      --readahead SIZE       largest readahead window of that cache (default 8M)\n"
            "      --splice               splice reads that map to one source range instead\n"
            "                             of copying them (no faster here, more memory)\n"
            "      --no-splice            copy reads through memory (the default)\n"
@@ -80,7 +106,11 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         opt_fuse_debug,
         opt_version,
         opt_views,
-        opt_view
+        opt_view,
+        opt_nbd_connections,
+        opt_retry_timeout,
+        opt_cache_size,
+        opt_readahead
     };
     static const struct option long_options[] = {
         {"mount", required_argument, nullptr, 'm'},
@@ -89,6 +119,10 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         {"views", required_argument, nullptr, opt_views},
         {"view", required_argument, nullptr, opt_view},
         {"direct", no_argument, nullptr, opt_direct},
+        {"nbd-connections", required_argument, nullptr, opt_nbd_connections},
+        {"retry-timeout", required_argument, nullptr, opt_retry_timeout},
+        {"cache-size", required_argument, nullptr, opt_cache_size},
+        {"readahead", required_argument, nullptr, opt_readahead},
         {"no-splice", no_argument, nullptr, opt_no_splice},
         {"splice", no_argument, nullptr, opt_splice},
         {"threads", required_argument, nullptr, opt_threads},
@@ -176,7 +210,21 @@ DaemonArgs parse_command_line(int argc, char** argv) {
             break;
         }
         case opt_direct:
-            a.direct = true;
+            a.source_options.direct = true;
+            break;
+        case opt_nbd_connections:
+            a.source_options.nbd.connections =
+                static_cast<unsigned>(number_arg("--nbd-connections", optarg, 1, 16));
+            break;
+        case opt_retry_timeout:
+            a.source_options.nbd.retry_timeout =
+                std::chrono::seconds(number_arg("--retry-timeout", optarg, 0, 86400));
+            break;
+        case opt_cache_size:
+            a.source_options.cache.capacity = parse_size(optarg, "--cache-size");
+            break;
+        case opt_readahead:
+            a.source_options.cache.readahead_max = parse_size(optarg, "--readahead");
             break;
         case opt_no_splice:
             a.splice = false;
@@ -184,15 +232,9 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         case opt_splice:
             a.splice = true;
             break;
-        case opt_threads: {
-            char* end = nullptr;
-            const unsigned long n = std::strtoul(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || n < 1 || n > 256)
-                throw InvalidArgument(std::string("--threads ") + optarg +
-                                      ": expected a number from 1 to 256");
-            a.threads = static_cast<unsigned>(n);
+        case opt_threads:
+            a.threads = static_cast<unsigned>(number_arg("--threads", optarg, 1, 256));
             break;
-        }
         case opt_log_level:
             a.log_level = optarg;
             break;
@@ -217,6 +259,7 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         throw InvalidArgument("--mount DIR is required");
     if (a.sources.empty())
         throw InvalidArgument("at least one --source NAME=SPEC is required");
+    validate(a.source_options);
     for (const ViewArg& v : a.views)
         if (!names.count(v.source))
             throw InvalidArgument("--view " + v.source + "/" + v.file + ": no --source named '" +

@@ -1,6 +1,8 @@
 // p2vfsd's command line.
 #pragma once
 
+#include "block/open_source.h"
+
 #include <map>
 #include <string>
 #include <vector>
@@ -9,7 +11,7 @@ namespace p2vfs {
 
 struct SourceArg {
     std::string name; // folder name in the mount
-    std::string spec; // a path now; URIs later
+    std::string spec; // a path, FORMAT:PATH, or an NBD URI
 };
 
 // A view file asked for with --view NAME/FILE=FORMAT[,KEY=VALUE...].
@@ -29,8 +31,8 @@ struct DaemonArgs {
     // empty: all formats.
     std::vector<std::string> default_formats;
     bool default_formats_given = false;
-    std::vector<ViewArg> views; // extra views (--view)
-    bool direct = false;
+    std::vector<ViewArg> views;   // extra views (--view)
+    SourceOptions source_options; // --direct, --nbd-*, --cache-*, --readahead
     // Copying is the default: at 1 MiB requests splicing measured no faster
     // (0.97-1.02x, tools/bench) and held ~40 MiB more resident memory.
     bool splice = false;

@@ -9,6 +9,7 @@
 #include "fuse/fuse_frontend.h"
 #include "fuse/mount_point.h"
 
+#include <csignal>
 #include <cstdio>
 #include <spdlog/spdlog.h>
 
@@ -26,6 +27,9 @@ int early_error(const std::string& message, int code) {
 
 int main(int argc, char** argv) {
     using namespace p2vfs;
+    // A server that goes away mid-request must cost a reconnection, not the
+    // process (libfuse would ignore SIGPIPE too, but only once mounted).
+    std::signal(SIGPIPE, SIG_IGN);
     DaemonArgs args;
     try {
         args = parse_command_line(argc, argv);
@@ -46,7 +50,7 @@ int main(int argc, char** argv) {
     for (const SourceArg& s : args.sources) {
         DevicePtr source;
         try {
-            source = open_source(s.spec, SourceOptions{args.direct});
+            source = open_source(s.spec, args.source_options);
         } catch (const Error& e) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_source;

@@ -566,3 +566,43 @@ kill_daemon_hard() {
     { kill -KILL "$pid" && wait "$pid"; } 2>/dev/null || true
     _REAPED[$pid]=1
 }
+
+# ---------------------------------------------------------------- NBD servers
+
+# start_nbdkit SOCK NBDKIT-ARGS...: nbdkit in the foreground of a tracked
+# background job, serving on unix socket SOCK; waits for the socket. Sets
+# NBDKIT_PID. Killed at exit.
+start_nbdkit() {
+    local sock=$1
+    shift
+    rm -f "$sock"
+    bg_tracked nbdkit -f -U "$sock" "$@"
+    NBDKIT_PID=$BG_PID
+    wait_for 10 test -S "$sock" || fail "nbdkit did not create $sock: nbdkit $*"
+}
+
+# stop_pid PID [SIGNAL]: sends SIGNAL (default KILL: nbdkit waits for its
+# clients on SIGTERM), waits until PID is gone (a server to restart).
+stop_pid() {
+    kill -"${2:-KILL}" "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    _REAPED[$1]=1
+}
+
+# nbd_unix_uri SOCK [EXPORT]: the NBD URI of a unix socket.
+nbd_unix_uri() {
+    echo "nbd+unix:///${2:-}?socket=$1"
+}
+
+# assert_views_identical REF DIR: every default view in DIR holds the bytes
+# of the raw file REF, as `qemu-img compare` reads the view's format.
+assert_views_identical() {
+    local ref=$1 dir=$2 view fmt
+    for view in "${VIEWS[@]}"; do
+        fmt=$(qemu_format "$view")
+        run_rc qemu-img compare -f raw -F "$fmt" "$ref" "$dir/$view"
+        [[ $RC -eq 0 ]] ||
+            fail "$dir/$view: qemu-img compare with $ref exited $RC: $(cat "$T/run.out" "$T/run.err")"
+        assert_eq "Images are identical." "$(cat "$T/run.out")" "$dir/$view: qemu-img compare"
+    done
+}

@@ -195,7 +195,7 @@ public:
         server_.reset();
     }
 
-    std::string name() const override { return path_ + " (" + format_ + ")"; }
+    std::string name() const override { return path_ + " (" + format_ + " image)"; }
     std::string identity() const override {
         return "image:" + format_ + ":" + canonical_ + "|size=" + std::to_string(size());
     }

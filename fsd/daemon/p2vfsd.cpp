@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_source;
         }
-        spdlog::info("source '{}': {} ({}), view files: {}", s.name, s.spec,
+        spdlog::info("source '{}': {} ({}), view files: {}", s.name, source->name(),
                      human_size(source->size()), folder.files.size());
         folders.push_back(std::move(folder));
     }

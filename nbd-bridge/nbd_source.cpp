@@ -10,6 +10,7 @@
 #include <libnbd.h>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -61,6 +62,9 @@ struct Request {
     std::vector<Extent>* extents = nullptr; // BlockStatus: what the server said
     Batch* batch = nullptr;
     Clock::time_point queued;
+    // When a lost or stalled connection first sent this request back: from
+    // then on it waits at most the retry timeout, however often it is sent.
+    std::optional<Clock::time_point> disrupted;
     // Set by libnbd's callbacks, on the I/O thread of `owner`.
     Connection* owner = nullptr;
     int error = 0;
@@ -219,6 +223,7 @@ private:
     void run();
     void submit_from_queue();
     void poll_once();
+    void check_stalled();
     void after_events();
     void start_connect();
     void on_connected();
@@ -241,6 +246,9 @@ private:
     milliseconds backoff_ = first_backoff;
     bool lost_ = false;
     Clock::time_point lost_at_{};
+    // When the socket last moved (or a request was sent), to tell a server
+    // that stopped answering from one that is slow.
+    Clock::time_point last_activity_ = Clock::now();
 };
 
 void Connection::run() {
@@ -251,6 +259,7 @@ void Connection::run() {
             submit_from_queue();
         poll_once();
         after_events();
+        check_stalled();
         s_.expire_waiting();
     }
     // Stopping: nothing waits any more (the source is being destroyed), but
@@ -291,6 +300,8 @@ void Connection::submit_from_queue() {
                      "NBD server " + s_.uri + ": " + describe(*r) + ": " + nbd_error_text());
             continue;
         }
+        if (in_flight_.empty())
+            last_activity_ = Clock::now();
         in_flight_.insert(r);
         s_.requests.fetch_add(1, std::memory_order_relaxed);
     }
@@ -326,6 +337,9 @@ void Connection::poll_once() {
         if (s_.ready_count == 0 && !s_.queue.empty())
             timeout = timeout == -1 ? 250 : std::min(timeout, 250);
     }
+    // With requests out, wake up to notice a server that stopped answering.
+    if (!in_flight_.empty())
+        timeout = timeout == -1 ? 1000 : std::min(timeout, 1000);
     if (::poll(fds, n, timeout) == -1 && errno != EINTR)
         spdlog::warn("{}: poll: {}", label(), errno_text(errno));
     if (fds[0].revents & POLLIN) {
@@ -334,11 +348,27 @@ void Connection::poll_once() {
     }
     if (n == 2 && handle_) {
         const short ev = fds[1].revents;
+        if (ev)
+            last_activity_ = Clock::now();
         if (ev & POLLOUT)
             nbd_aio_notify_write(handle_.h);
         if (ev & (POLLIN | POLLHUP | POLLERR))
             nbd_aio_notify_read(handle_.h);
     }
+}
+
+// A connection that is up but has not moved for the retry timeout while
+// requests wait on it (a server hung, a link silently gone, no RST ever
+// coming) is treated as lost: its requests go to a new connection.
+void Connection::check_stalled() {
+    if (!handle_ || (ready_ && in_flight_.empty()))
+        return;
+    const auto quiet = Clock::now() - last_activity_;
+    if (quiet < std::max<Clock::duration>(s_.options.retry_timeout, milliseconds(1000)))
+        return;
+    const double secs = std::chrono::duration<double>(quiet).count();
+    on_lost(ready_ ? fmt::format("no reply to {} request(s) for {:g} s", in_flight_.size(), secs)
+                   : fmt::format("no answer to the handshake for {:g} s", secs));
 }
 
 void Connection::after_events() {
@@ -379,6 +409,7 @@ void Connection::start_connect() {
         return;
     }
     ready_ = false;
+    last_activity_ = Clock::now();
     if (nbd_aio_connect_uri(handle_.h, s_.uri.c_str()) == -1)
         on_lost(nbd_error_text());
 }
@@ -442,6 +473,8 @@ void Connection::on_lost(const std::string& why) {
 }
 
 void Connection::requeue(Request* r) {
+    if (!r->disrupted)
+        r->disrupted = Clock::now();
     std::lock_guard lock(s_.queue_mutex);
     s_.queue.push_front(r);
 }
@@ -467,11 +500,16 @@ void NbdSource::State::expire_waiting() {
     std::string why;
     {
         std::lock_guard lock(queue_mutex);
-        if (ready_count > 0 || queue.empty())
+        if (queue.empty())
             return;
         const auto now = Clock::now();
         for (auto it = queue.begin(); it != queue.end();) {
-            if (now - std::max((*it)->queued, down_since) >= options.retry_timeout) {
+            const Request& r = **it;
+            const bool no_connection =
+                ready_count == 0 && now - std::max(r.queued, down_since) >= options.retry_timeout;
+            const bool disrupted_too_long =
+                r.disrupted && now - *r.disrupted >= options.retry_timeout;
+            if (no_connection || disrupted_too_long) {
                 expired.push_back(*it);
                 it = queue.erase(it);
             } else {
@@ -482,7 +520,7 @@ void NbdSource::State::expire_waiting() {
     }
     for (Request* r : expired)
         complete(r, ETIMEDOUT,
-                 fmt::format("NBD server {}: {}: no connection for {:g} s (last error: {})", uri,
+                 fmt::format("NBD server {}: {}: no answer for {:g} s (last error: {})", uri,
                              describe(*r), seconds(options.retry_timeout), why));
 }
 

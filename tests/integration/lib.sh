@@ -276,7 +276,7 @@ DAEMON_LOG=
 DAEMON_MNT=
 
 _daemon_ready() { # PID MNT LOG
-    grep -q ready "$3" && is_fuse_mount "$2"
+    grep -qs ready "$3" && is_fuse_mount "$2"
 }
 
 # start_daemon MNT ARGS...: runs "$P2VFSD --mount MNT ARGS..." in the

@@ -9,7 +9,11 @@
 #    bytes, and the log tells of the loss and the reconnection;
 #  - a server that stays away past --retry-timeout: the read fails with
 #    ETIMEDOUT ("Connection timed out") and the log says how long it waited;
-#    when the server returns, reads work again.
+#    when the server returns, reads work again;
+#  - a server that accepts requests and never answers them (the delay
+#    filter at 60 s a read): the connection is dropped as stalled and
+#    remade, and the read fails with ETIMEDOUT after about two timeouts
+#    rather than hanging.
 source "$(dirname "$0")/lib.sh"
 need_root
 need_cmd nbdkit cmp
@@ -74,9 +78,22 @@ assert_ne 0 "$RC" "dd with the server gone: exit status"
 assert_file_has_text "$T/run.err" "Connection timed out" "dd with the server gone"
 assert_le 2 $((SECONDS - start + 1)) "seconds before the read failed"
 assert_le $((SECONDS - start)) 10 "seconds before the read failed"
-assert_file_contains "$DAEMON_LOG" "NBD server .*gone.sock: read of [0-9]+ bytes at offset 0x[0-9a-f]+: no connection for 2 s" \
+assert_file_contains "$DAEMON_LOG" "NBD server .*gone.sock: read of [0-9]+ bytes at offset 0x[0-9a-f]+: no answer for 2 s" \
     "timeout in the log"
 start_nbdkit "$T/gone.sock" -r file "$src"
 wait_for 15 cmp -s <(read_at "$T/mnt/g/disk.raw" 24) <(read_at "$src" 24) ||
     fail "g/disk.raw does not read again after the server came back"
+stop_daemon
+
+# --- a server that stops answering
+start_nbdkit "$T/hung.sock" -r --filter=delay file "$src" delay-read=60
+start_daemon "$T/mnt" --retry-timeout 2 --cache-size 0 --source h="$(nbd_unix_uri "$T/hung.sock")"
+start=$SECONDS
+run_rc dd if="$T/mnt/h/disk.raw" of=/dev/null bs=64K count=1 skip=$((8 * 16))
+assert_ne 0 "$RC" "dd from a server that does not answer: exit status"
+assert_file_has_text "$T/run.err" "Connection timed out" "dd from a server that does not answer"
+assert_le $((SECONDS - start)) 15 "seconds before the read from a hung server failed"
+assert_file_contains "$DAEMON_LOG" "warning: NBD server .*hung.sock: connection [0-9]+: lost: no reply to [0-9]+ request\(s\) for [0-9.]+ s" \
+    "the stalled connection in the log"
+daemon_alive || fail "the daemon died with a hung server"
 stop_daemon

@@ -224,6 +224,7 @@ private:
     void submit_from_queue();
     void poll_once();
     void check_stalled();
+    std::string loss_reason() const;
     void after_events();
     void start_connect();
     void on_connected();
@@ -371,6 +372,16 @@ void Connection::check_stalled() {
                    : fmt::format("no answer to the handshake for {:g} s", secs));
 }
 
+// libnbd sets no error when the server simply closes the socket (killed,
+// restarted): that is the usual way a connection is lost.
+std::string Connection::loss_reason() const {
+    const char* e = nbd_get_error();
+    if (e && *e)
+        return e;
+    return nbd_aio_is_closed(handle_.h) ? "the server closed the connection"
+                                        : "the connection failed";
+}
+
 void Connection::after_events() {
     if (!handle_)
         return;
@@ -379,7 +390,7 @@ void Connection::after_events() {
         if (nbd_aio_is_ready(handle_.h))
             on_connected();
         else if (dead)
-            on_lost(nbd_error_text());
+            on_lost(loss_reason());
         return;
     }
     // A command that failed because the connection died is retried, not
@@ -398,7 +409,7 @@ void Connection::after_events() {
                          " failed: " + errno_text(r->error));
     }
     if (dead)
-        on_lost(nbd_error_text());
+        on_lost(loss_reason());
 }
 
 void Connection::start_connect() {

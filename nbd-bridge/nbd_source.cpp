@@ -225,6 +225,7 @@ private:
     void poll_once();
     void check_stalled();
     std::string loss_reason() const;
+    void disconnect();
     void after_events();
     void start_connect();
     void on_connected();
@@ -268,7 +269,32 @@ void Connection::run() {
     for (Request* r : in_flight_)
         complete(r, ESHUTDOWN, label() + ": closed");
     in_flight_.clear();
+    disconnect();
     handle_.reset();
+}
+
+// Says goodbye (NBD_CMD_DISC, and the TLS close) so the server logs a clean
+// disconnect rather than a broken connection; a server that does not close
+// within half a second is closed on.
+void Connection::disconnect() {
+    if (!handle_ || !ready_ || nbd_aio_disconnect(handle_.h, 0) == -1)
+        return;
+    const auto deadline = Clock::now() + milliseconds(500);
+    while (!nbd_aio_is_closed(handle_.h) && !nbd_aio_is_dead(handle_.h) &&
+           Clock::now() < deadline) {
+        const unsigned dir = nbd_aio_get_direction(handle_.h);
+        pollfd fd{nbd_aio_get_fd(handle_.h), 0, 0};
+        if (dir & LIBNBD_AIO_DIRECTION_READ)
+            fd.events |= POLLIN;
+        if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+            fd.events |= POLLOUT;
+        if (fd.fd < 0 || ::poll(&fd, 1, 50) == -1)
+            return;
+        if (fd.revents & POLLOUT)
+            nbd_aio_notify_write(handle_.h);
+        if (fd.revents & (POLLIN | POLLHUP | POLLERR))
+            nbd_aio_notify_read(handle_.h);
+    }
 }
 
 void Connection::submit_from_queue() {

@@ -79,7 +79,7 @@ std::string usage_text() {
            "                             back before failing (default 60)\n"
            "      --cache-size SIZE      read cache of each NBD source, lz4-compressed bytes\n"
            "                             (default 256M; 0: none)\n"
-           "      --readahead SIZE       largest readahead window of that cache (default 8M)\n"
+           "      --readahead SIZE       largest readahead window of that cache (default 32M)\n"
            "      --splice               splice reads that map to one source range instead\n"
            "                             of copying them (no faster here, more memory)\n"
            "      --no-splice            copy reads through memory (the default)\n"

@@ -684,6 +684,56 @@ NbdStats NbdSource::stats() const {
     return NbdStats{state_->requests.load(), state_->reconnects.load()};
 }
 
+namespace {
+
+// The parts of [start, end) that must come from the server: ranges block
+// status called holes or zeros are zero-filled in dst instead (a raw view
+// of a sparse remote disk would otherwise send every hole over the link).
+// Ranges never asked about count as data. Fetched ranges are widened to the
+// minimum block size; where they overlap a zeroed edge the server sends
+// zeros there anyway.
+std::vector<std::pair<uint64_t, uint64_t>> ranges_to_fetch(NbdSource::State& s, unsigned char* dst,
+                                                           uint64_t start, uint64_t end) {
+    std::vector<std::pair<uint64_t, uint64_t>> out;
+    const auto add = [&](uint64_t a, uint64_t b) {
+        a = round_down(a, s.min_block);
+        b = std::min(round_up(b, s.min_block), s.size);
+        if (!out.empty() && a <= out.back().second)
+            out.back().second = std::max(out.back().second, b);
+        else
+            out.emplace_back(a, b);
+    };
+    std::lock_guard lock(s.known_mutex);
+    uint64_t pos = start;
+    auto it = s.known.upper_bound(pos);
+    if (it != s.known.begin())
+        --it;
+    while (pos < end) {
+        while (it != s.known.end() && it->second.offset + it->second.length <= pos)
+            ++it;
+        if (it == s.known.end() || it->first >= end) {
+            add(pos, end);
+            break;
+        }
+        const Extent& e = it->second;
+        if (e.offset > pos) { // not asked about: data
+            add(pos, e.offset);
+            pos = e.offset;
+        } else if (e.type == ExtentType::Data) {
+            const uint64_t b = std::min(e.offset + e.length, end);
+            add(pos, b);
+            pos = b;
+        } else {
+            const uint64_t b = std::min(e.offset + e.length, end);
+            std::memset(dst + (pos - start), 0, b - pos);
+            pos = b;
+        }
+    }
+    return out;
+}
+
+} // namespace
+
 void NbdSource::read(void* buf, size_t length, uint64_t offset) {
     if (length == 0)
         return;
@@ -699,15 +749,17 @@ void NbdSource::read(void* buf, size_t length, uint64_t offset) {
         dst = bounce.data();
     }
     std::vector<Request> reqs;
-    reqs.reserve((end - start + s.request_size - 1) / s.request_size);
-    for (uint64_t pos = start; pos < end; pos += s.request_size) {
-        Request r;
-        r.buf = dst + (pos - start);
-        r.offset = pos;
-        r.length = std::min(s.request_size, end - pos);
-        reqs.push_back(r);
+    for (const auto& [a, b] : ranges_to_fetch(s, dst, start, end)) {
+        for (uint64_t pos = a; pos < b; pos += s.request_size) {
+            Request r;
+            r.buf = dst + (pos - start);
+            r.offset = pos;
+            r.length = std::min(s.request_size, b - pos);
+            reqs.push_back(r);
+        }
     }
-    run_batch(s, reqs);
+    if (!reqs.empty())
+        run_batch(s, reqs);
     if (!bounce.empty())
         std::memcpy(buf, bounce.data() + (offset - start), length);
 }

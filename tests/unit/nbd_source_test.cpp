@@ -189,6 +189,36 @@ TEST_F(NbdSourceTest, ExtentsMatchTheServerAndAreAskedForOnce) {
     EXPECT_EQ(src.stats().requests, before) << "block status asked again";
 }
 
+TEST_F(NbdSourceTest, KnownHolesAreNotFetched) {
+    params_ = {"blocksize-minimum=4096", "blocksize-error-policy=error"};
+    NbdOptions o;
+    o.request_size = 64u << 10;
+    NbdSource src(serve({"--filter=blocksize-policy"}), o);
+    src.extents(0, disk_size);
+    // 5-6 MiB holds nothing: zeros, no request.
+    uint64_t before = src.stats().requests;
+    std::vector<unsigned char> buf(1u << 20, 0xee);
+    src.read(buf.data(), buf.size(), 5u << 20);
+    EXPECT_EQ(src.stats().requests - before, 0u);
+    EXPECT_EQ(std::vector<unsigned char>(1u << 20, 0), buf);
+    // 1 MiB + 300000 bytes of data, then holes to 2 MiB: only the data's
+    // 4 KiB-rounded 64 KiB requests (300000 bytes -> 5 requests).
+    before = src.stats().requests;
+    std::fill(buf.begin(), buf.end(), 0xee);
+    src.read(buf.data(), buf.size(), 1u << 20);
+    EXPECT_EQ(src.stats().requests - before, 5u);
+    EXPECT_EQ(0, std::memcmp(buf.data(), bytes_.data() + (1u << 20), buf.size()));
+    // Unaligned reads across data and holes read the right bytes.
+    std::mt19937_64 rng(11);
+    for (int i = 0; i < 300; ++i) {
+        const uint64_t len = 1 + rng() % 400000;
+        const uint64_t off = rng() % (disk_size - len);
+        std::vector<unsigned char> got(len, 0xee);
+        src.read(got.data(), len, off);
+        ASSERT_EQ(0, std::memcmp(got.data(), bytes_.data() + off, len)) << len << " at " << off;
+    }
+}
+
 TEST_F(NbdSourceTest, ServerErrorsNameTheServerAndTheOffset) {
     params_ = {"error-pread=EIO", "error-pread-rate=100%"};
     const std::string uri = serve({"--filter=error"});

@@ -128,36 +128,6 @@ std::string file_names(const std::vector<ViewFile>& files) {
     return names;
 }
 
-// Progress of a view's preparation: at the start, every 10% or 10 seconds,
-// and at the end.
-class PrepareProgress {
-public:
-    explicit PrepareProgress(std::string what) : what_(std::move(what)) {}
-
-    void operator()(uint64_t done, uint64_t total) {
-        const auto now = std::chrono::steady_clock::now();
-        if (done == 0) {
-            start_ = last_ = now;
-            nbdkit_debug("%s: preparing (%s of data to process)", what_.c_str(),
-                         human_size(total).c_str());
-            return;
-        }
-        const unsigned pct = total ? static_cast<unsigned>(done * 100 / total) : 100;
-        if (done < total && pct < next_pct_ && now - last_ < std::chrono::seconds(10))
-            return;
-        last_ = now;
-        next_pct_ = pct / 10 * 10 + 10;
-        const double secs = std::chrono::duration<double>(now - start_).count();
-        nbdkit_debug("%s: %u%% (%s of %s) after %.1f s", what_.c_str(), pct,
-                     human_size(done).c_str(), human_size(total).c_str(), secs);
-    }
-
-private:
-    std::string what_;
-    std::chrono::steady_clock::time_point start_{}, last_{};
-    unsigned next_pct_ = 10;
-};
-
 // Opens the source and makes the configured file of its view; prepares it
 // when `prepare` is set. Throws Error naming the source, view or file.
 DevicePtr make_served_device(bool prepare) {
@@ -181,7 +151,7 @@ DevicePtr make_served_device(bool prepare) {
     }
     if (prepare && prepared_view_of(*device)) {
         try {
-            device = prepared(device, PrepareProgress(device->name()));
+            device = prepared(device, logged_progress(device->name()));
         } catch (const Error& e) {
             throw Error(device->name() + ": cannot prepare the view: " + e.what(),
                         e.error_number());

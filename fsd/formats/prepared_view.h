@@ -31,6 +31,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace p2vfs {
 
@@ -53,5 +54,9 @@ PreparedView* prepared_view_of(BlockDevice& dev);
 // a fresh checked wrapper of the prepared view (a wrapper made before
 // preparation range-checks against the size of 0 it saw then).
 DevicePtr prepared(const DevicePtr& dev, const PreparedView::Progress& progress = {});
+
+// A Progress that logs "WHAT: preparing", then every 10% or 10 seconds, and
+// the end (spdlog, info level), for the front ends that prepare views.
+PreparedView::Progress logged_progress(std::string what);
 
 } // namespace p2vfs

@@ -49,35 +49,6 @@ struct Node {
     double timeout() const { return dev() ? attr_timeout : 0.0; }
 };
 
-// Logs the progress of a view's preparation: at the start, every 10% or
-// 10 seconds, and at the end.
-class PrepareProgress {
-public:
-    explicit PrepareProgress(std::string what) : what_(std::move(what)) {}
-
-    void operator()(uint64_t done, uint64_t total) {
-        const auto now = std::chrono::steady_clock::now();
-        if (done == 0) {
-            start_ = last_ = now;
-            spdlog::info("{}: preparing ({} of data to process)", what_, human_size(total));
-            return;
-        }
-        const unsigned pct = total ? static_cast<unsigned>(done * 100 / total) : 100;
-        if (done < total && pct < next_pct_ && now - last_ < std::chrono::seconds(10))
-            return;
-        last_ = now;
-        next_pct_ = pct / 10 * 10 + 10;
-        const double secs = std::chrono::duration<double>(now - start_).count();
-        spdlog::info("{}: {}% ({} of {}) after {:.1f} s", what_, pct, human_size(done),
-                     human_size(total), secs);
-    }
-
-private:
-    std::string what_;
-    std::chrono::steady_clock::time_point start_{}, last_{};
-    unsigned next_pct_ = 10;
-};
-
 } // namespace
 
 struct FuseFrontend::Impl {
@@ -138,7 +109,7 @@ struct FuseFrontend::Impl {
         std::lock_guard<std::mutex> lock(n.prepare_mutex);
         if (n.dev())
             return; // another open prepared it while this one waited
-        PrepareProgress log(n.name + " of '" + nodes[n.parent - 1]->name + "'");
+        const auto log = logged_progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
         // A long pass (compressing a large disk) must not hold up a
         // SIGTERM: once the session is exiting, the pass is cancelled.
         auto progress = [this, &log](uint64_t done, uint64_t total) {

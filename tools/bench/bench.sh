@@ -125,68 +125,10 @@ else
 fi
 declare -A MODE_NAME=([splice]=splice [nosplice]=copy)
 
-PIDS=()   # every server process this script started
-MOUNTS=() # every mount point it used
-BG=()     # reader and worker processes
-T_START=$(date +%s.%N)
-
-cleanup() {
-    local rc=$? p m i alive
-    set +e
-    trap - EXIT INT TERM
-    for p in "${BG[@]}"; do kill -9 "$p" 2>/dev/null; done
-    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-        m=${MOUNTS[i]}
-        mounted "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; }
-    done
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    for i in 1 2 3 4 5 6 7 8 9 10; do
-        alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.3
-    done
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    for m in "${MOUNTS[@]}"; do
-        mounted "$m" && umount -l "$m" 2>/dev/null
-    done
-    rm -rf --one-file-system "$WORK"
-    ((rc)) && echo "bench.sh: stopped (status $rc); logs in $LOGDIR" >&2
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-now() { date +%s.%N; }
-# mounted DIR: DIR is a mount point, also when its FUSE server is dead (where
-# mountpoint(1) fails with "Transport endpoint is not connected")
-mounted() { local _d d _r; while read -r _d d _r; do [[ $d == "$1" ]] && return 0; done </proc/self/mounts; return 1; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }'; }
-progress() { # to the terminal and the log
-    local t
-    t=$(awk -v a="$T_START" -v b="$(now)" 'BEGIN { printf "%4d", b - a }')
-    echo "[${t}s] $*" >&2
-    echo "[${t}s] $*" >>"$LOG"
-}
-logonly() { echo "$*" >>"$LOG"; }
-rep() { echo "$*" >>"$REPORT"; }
-isnum() { [[ ${1:-} =~ ^[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ME=bench.sh
+# shellcheck source=tools/bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 med_of() { if (($#)); then printf '%s\n' "$@" | median; else echo FAIL; fi; } # median of the arguments
-forget_pid() { local p keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
-vm() { # vm PID VmHWM -> KiB (no fork, so it can sit inside timed sections)
-    local k v _
-    while read -r k v _; do [[ $k == "$2:" ]] && { echo "$v"; return 0; }; done 2>/dev/null <"/proc/$1/status"
-    return 1
-}
-bdi_of() { echo "/sys/class/bdi/$(mountpoint -d "$1")/read_ahead_kb"; }
-read_ra() { cat "$(bdi_of "$1")" 2>/dev/null || echo "?"; }
-set_ra() { echo "$2" >"$(bdi_of "$1")" 2>/dev/null; }
-unmount_dir() {
-    mounted "$1" || return 0
-    fusermount3 -u "$1" 2>/dev/null || umount -l "$1" 2>/dev/null || true
-}
 new_mount() { # new_mount NAME -> sets MNT
     MNT="$WORK/mnt/$1"
     unmount_dir "$MNT"

@@ -25,6 +25,9 @@ struct SourceOptions {
     bool direct = false; // local sources: O_DIRECT
     NbdOptions nbd;      // NBD sources, and images served by qemu-nbd
     CacheOptions cache;  // NBD sources (remote); capacity 0: no cache
+    // Snapshot sources: where point-in-time copies are kept. Empty: snapshot
+    // sources cannot be opened.
+    std::string snapshot_dir;
 };
 
 // Throws InvalidArgument naming the bad option.

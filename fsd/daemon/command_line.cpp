@@ -72,6 +72,12 @@ std::string usage_text() {
            "      --view NAME/FILE=FMT[,KEY=VAL...]\n"
            "                             one more view file of source NAME with its own\n"
            "                             options, e.g. pc1/azure.vhd=vhd-fixed,round=mib\n"
+           "      --state-dir DIR        where overlays and snapshots persist (default\n"
+           "                             /var/lib/p2vfs)\n"
+           "      --writable NAME        disk.raw of source NAME takes writes; they go into\n"
+           "                             the user layer of its overlay, never the source\n"
+           "      --snapshot-dir DIR     where snapshot sources keep their copies (default\n"
+           "                             STATE-DIR/snapshots, on the origin's file system)\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
            "      --nbd-connections N    connections per NBD source when the server allows\n"
            "                             multi-conn (default 4)\n"
@@ -110,7 +116,10 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         opt_nbd_connections,
         opt_retry_timeout,
         opt_cache_size,
-        opt_readahead
+        opt_readahead,
+        opt_state_dir,
+        opt_writable,
+        opt_snapshot_dir
     };
     static const struct option long_options[] = {
         {"mount", required_argument, nullptr, 'm'},
@@ -118,6 +127,9 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         {"option", required_argument, nullptr, 'o'},
         {"views", required_argument, nullptr, opt_views},
         {"view", required_argument, nullptr, opt_view},
+        {"state-dir", required_argument, nullptr, opt_state_dir},
+        {"writable", required_argument, nullptr, opt_writable},
+        {"snapshot-dir", required_argument, nullptr, opt_snapshot_dir},
         {"direct", no_argument, nullptr, opt_direct},
         {"nbd-connections", required_argument, nullptr, opt_nbd_connections},
         {"retry-timeout", required_argument, nullptr, opt_retry_timeout},
@@ -209,6 +221,19 @@ DaemonArgs parse_command_line(int argc, char** argv) {
             a.views.push_back(std::move(view));
             break;
         }
+        case opt_state_dir:
+            if (*optarg == '\0')
+                throw InvalidArgument("--state-dir: expected a directory");
+            a.state_dir = optarg;
+            break;
+        case opt_writable:
+            a.writable.insert(optarg);
+            break;
+        case opt_snapshot_dir:
+            if (*optarg == '\0')
+                throw InvalidArgument("--snapshot-dir: expected a directory");
+            a.source_options.snapshot_dir = optarg;
+            break;
         case opt_direct:
             a.source_options.direct = true;
             break;
@@ -259,7 +284,12 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         throw InvalidArgument("--mount DIR is required");
     if (a.sources.empty())
         throw InvalidArgument("at least one --source NAME=SPEC is required");
+    if (a.source_options.snapshot_dir.empty())
+        a.source_options.snapshot_dir = a.state_dir + "/snapshots";
     validate(a.source_options);
+    for (const std::string& w : a.writable)
+        if (!names.count(w))
+            throw InvalidArgument("--writable " + w + ": no --source named '" + w + "'");
     for (const ViewArg& v : a.views)
         if (!names.count(v.source))
             throw InvalidArgument("--view " + v.source + "/" + v.file + ": no --source named '" +

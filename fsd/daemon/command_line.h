@@ -4,6 +4,7 @@
 #include "block/open_source.h"
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,12 @@ struct DaemonArgs {
     std::vector<std::string> default_formats;
     bool default_formats_given = false;
     std::vector<ViewArg> views;   // extra views (--view)
-    SourceOptions source_options; // --direct, --nbd-*, --cache-*, --readahead
+    SourceOptions source_options; // --direct, --nbd-*, --cache-*, --readahead, --snapshot-dir
+    // Where overlays (and, unless --snapshot-dir says otherwise, snapshots)
+    // persist between runs.
+    std::string state_dir = "/var/lib/p2vfs";
+    // Sources whose disk.raw takes writes (into the overlay's user layer).
+    std::set<std::string> writable;
     // Copying is the default: at 1 MiB requests splicing measured no faster
     // (0.97-1.02x, tools/bench) and held ~40 MiB more resident memory.
     bool splice = false;

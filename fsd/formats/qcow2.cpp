@@ -1,28 +1,32 @@
 // qcow2 view: a version 3 (compat 1.1) image holding only the clusters that
 // hold data, with reference counts that qemu-img check finds exact.
 //
-// Specification: qemu's docs/interop/qcow2.txt ("Header", "Host cluster
-// management", "Cluster mapping").
+// Specification: qemu's docs/interop/qcow2.txt ("Header", "Header
+// extensions", "Host cluster management", "Cluster mapping").
 //
 // Layout, in clusters of C bytes (64 KiB unless cluster-size says otherwise),
 // fixed once from extents():
-//   0        header (104 bytes; no extensions, the rest of the cluster zero)
+//   0        header (104 bytes), then, only with a backing file, the backing
+//            file format name extension, the end-of-extensions marker and the
+//            backing file's name (backing_file_offset points at it); the rest
+//            of the cluster zero. Without a backing file the zeros after the
+//            header read as the end of the (empty) extension list.
 //   1        L1 table: one entry per C/8 guest clusters; the offset of that
 //            range's L2 table with COPIED set, or 0 where no cluster of the
-//            range holds data (then no L2 table exists for it)
+//            range is mapped (then no L2 table exists for it)
 //   ...      refcount table: the offsets of the refcount blocks, in order
 //   ...      refcount blocks: 16-bit refcounts (refcount_order 4), each block
 //            covering the next C/2 clusters of the file
 //   ...      L2 tables, in the order of their L1 entries: per guest cluster
-//            the offset of its data with COPIED set, or 0 (unallocated,
-//            reads as zeros: there is no backing file)
+//            the offset of its data with COPIED set, the zero flag alone
+//            (backed images only, see below), or 0 (unallocated)
 //   ...      data clusters, in disk order
 // Nothing is ever shared or freed, so every cluster of the file is in use
 // exactly once and every refcount is 1, up to the last cluster of the file;
 // entries past it are 0. The refcount blocks are one flat array of 16-bit
-// counts indexed by file cluster, the L1 and L2 tables are computed from two
-// AllocationMaps (of clusters, and of the C/8-cluster ranges an L2 table
-// maps) on each read: nothing is built whole.
+// counts indexed by file cluster, the L1 and L2 tables are computed from
+// AllocationMaps (of stored clusters, of zero-flagged clusters, and of the
+// C/8-cluster ranges an L2 table maps) on each read: nothing is built whole.
 //
 // The refcount structure's size depends on itself: the blocks count their
 // own clusters and the table's. With F the clusters of everything else
@@ -33,9 +37,30 @@
 // than the total they count, so the iteration stops within a few rounds at
 // the smallest B and T that cover the file including themselves.
 //
-// The zero flag (bit 0 of a standard cluster descriptor) is not used: with no
-// backing file an unallocated cluster already reads as zeros, and leaving it
-// out keeps every L2 entry either 0 or the offset of stored data.
+// Without a backing file an unallocated cluster reads as zeros, so Zero and
+// Hole ranges alike are left unallocated, every L2 entry is 0 or the offset
+// of stored data, and the zero flag is not used.
+//
+// With a backing file (backing-file, backing-format) an unallocated cluster
+// reads from the backing file: the source's Hole ranges mean "as in the
+// backing file" (an overlay's delta device: Data where chunks changed, Hole
+// elsewhere), and each guest cluster is one of
+//   - Hole only:           unallocated, L2 entry 0: the backing file shows;
+//   - Zero only:           L2 entry = the zero flag (bit 0), no host cluster.
+//                          A known-zero range must not fall through to the
+//                          backing file, and the flag keeps it out of the
+//                          file: storing data clusters of zeros instead would
+//                          grow the image by every zeroed range (a wiped or
+//                          trimmed disk by its whole size) for bytes qemu
+//                          never needs to read;
+//   - Data, or Data and Zero: stored whole, read from the source;
+//   - Hole and anything else: refused. Its unchanged bytes would have to come
+//                          from the backing file, which the view cannot read,
+//                          and neither an unallocated nor a stored cluster
+//                          shows both; a cluster-size no larger than the
+//                          granularity of the source's changes avoids it.
+// Only the source's own size counts: the tail of the last cluster past it is
+// padding.
 #include "block/grow_device.h"
 #include "common/endian.h"
 #include "common/error.h"
@@ -45,7 +70,9 @@
 #include "formats/qcow2_spec.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
+#include <cstring>
 
 namespace p2vfs {
 namespace {
@@ -141,6 +168,139 @@ uint64_t cluster_size_option(const ViewOptions& options) {
     return bytes;
 }
 
+// The formats qemu can name in the backing file format extension that this
+// project also shows or opens.
+constexpr std::array<std::string_view, 6> backing_formats = {"raw", "qcow2", "vmdk",
+                                                             "vpc", "vhdx",  "vdi"};
+
+struct Backing {
+    std::string file; // empty: no backing file
+    std::string format;
+};
+
+// backing-file and backing-format: both or neither.
+Backing backing_options(const ViewOptions& options) {
+    Backing b{options.get("backing-file"), options.get("backing-format")};
+    if (b.file.empty()) {
+        if (!b.format.empty())
+            throw InvalidArgument("option backing-format=" + b.format +
+                                  ": given without backing-file");
+        return b;
+    }
+    if (b.file.find_first_of(std::string_view("\0\n", 2)) != std::string::npos)
+        throw InvalidArgument("option backing-file: the name contains a NUL or newline character");
+    if (b.file.size() > qcow2::max_backing_file_name)
+        throw InvalidArgument("option backing-file: a name of " + std::to_string(b.file.size()) +
+                              " bytes exceeds qcow2's limit of " +
+                              std::to_string(qcow2::max_backing_file_name) + " bytes");
+    std::string list;
+    for (std::string_view f : backing_formats)
+        list += (list.empty() ? "" : ", ") + std::string(f);
+    if (b.format.empty())
+        throw InvalidArgument("option backing-file=" + b.file + ": needs backing-format (one of " +
+                              list + ")");
+    if (std::find(backing_formats.begin(), backing_formats.end(), b.format) ==
+        backing_formats.end())
+        throw InvalidArgument("option backing-format=" + b.format + ": must be one of " + list);
+    return b;
+}
+
+constexpr uint64_t extension_bytes(uint64_t data_length) {
+    return sizeof(qcow2::ExtensionHeader) + round_up(data_length, qcow2::extension_alignment);
+}
+
+// The longest backing file name with the longest format name fits in cluster
+// 0 at the smallest cluster size, so the 1023-byte limit is the only one.
+static_assert(qcow2::header_length + extension_bytes(5) + extension_bytes(0) +
+                  qcow2::max_backing_file_name <=
+              (1ULL << qcow2::min_cluster_bits));
+
+// What follows the header in cluster 0 with a backing file: the backing file
+// format name extension, the end of extensions, then the backing file's name
+// (not NUL-terminated), which ends the returned bytes.
+std::vector<unsigned char> header_extensions(const Backing& b) {
+    std::vector<unsigned char> out(extension_bytes(b.format.size()) + extension_bytes(0), 0);
+    qcow2::ExtensionHeader format{};
+    format.type.set(qcow2::extension_backing_format);
+    format.length.set(static_cast<uint32_t>(b.format.size()));
+    std::memcpy(out.data(), &format, sizeof format);
+    std::memcpy(out.data() + sizeof format, b.format.data(), b.format.size());
+    // The end marker: type extension_end, length 0, already zero.
+    static_assert(qcow2::extension_end == 0);
+    out.insert(out.end(), b.file.begin(), b.file.end());
+    return out;
+}
+
+uint64_t type_bit(ExtentType t) {
+    return 1U << static_cast<unsigned>(t);
+}
+
+// The kind of each guest cluster of a backed image (see the top of the
+// file), as cluster-aligned extents: Data stored, Zero flagged, Hole left to
+// the backing file. `extents` cover the source, in order.
+std::vector<Extent> backed_clusters(const std::vector<Extent>& extents, uint64_t cluster_bytes,
+                                    const std::string& source_name) {
+    std::vector<Extent> out;
+    constexpr uint64_t none = UINT64_MAX;
+    uint64_t current = none; // the cluster whose types are being gathered
+    uint64_t seen = 0;       // type_bit()s of the ranges in it
+    auto finish = [&] {
+        if (current == none)
+            return;
+        const uint64_t hole = type_bit(ExtentType::Hole);
+        ExtentType kind = ExtentType::Data;
+        if (seen == hole)
+            kind = ExtentType::Hole;
+        else if (seen == type_bit(ExtentType::Zero))
+            kind = ExtentType::Zero;
+        else if (seen & hole)
+            throw InvalidArgument(
+                "qcow2 with backing file: the " + human_size(cluster_bytes) + " cluster at " +
+                hex(current * cluster_bytes) + " of " + source_name +
+                " is partly unchanged (a hole) and partly " +
+                (seen & type_bit(ExtentType::Data) ? "data" : "zeros") +
+                "; a backed image maps whole clusters, so choose a cluster-size no larger than "
+                "the granularity of the source's changes");
+        append_extent(out, {current * cluster_bytes, cluster_bytes, kind});
+    };
+    for (const Extent& e : extents) {
+        if (e.length == 0)
+            continue;
+        const uint64_t first = e.offset / cluster_bytes;
+        const uint64_t last = (e.offset + e.length - 1) / cluster_bytes;
+        if (first != current) {
+            finish();
+            current = first;
+            seen = 0;
+        }
+        seen |= type_bit(e.type);
+        if (last != first) {
+            finish();
+            // Clusters strictly inside the extent are wholly of its type.
+            append_extent(
+                out, {(first + 1) * cluster_bytes, (last - first - 1) * cluster_bytes, e.type});
+            current = last;
+            seen = type_bit(e.type);
+        }
+    }
+    finish();
+    return out;
+}
+
+// `extents` with the types in `as_data` made Data and all others Hole: what
+// an AllocationMap of just those clusters is built from.
+std::vector<Extent> select_types(const std::vector<Extent>& extents,
+                                 std::initializer_list<ExtentType> as_data) {
+    std::vector<Extent> out;
+    for (Extent e : extents) {
+        e.type = std::find(as_data.begin(), as_data.end(), e.type) != as_data.end()
+                     ? ExtentType::Data
+                     : ExtentType::Hole;
+        append_extent(out, e);
+    }
+    return out;
+}
+
 // Bytes [rel, rel+n) of the refcount blocks, read as one array of big-endian
 // 16-bit counts: 1 for each of the file's `used` clusters, then 0.
 void fill_refcounts(unsigned char* out, size_t n, uint64_t rel, uint64_t used) {
@@ -167,10 +327,22 @@ public:
                                    human_size(limit) + " that qemu opens with " +
                                    human_size(cluster_bytes) + " clusters");
 
+        const Backing backing = backing_options(req.options);
+
         const uint64_t l2_entries = cluster_bytes / 8;
         const std::vector<Extent> extents = req.source->extents(0, req.source->size());
-        clusters_ = AllocationMap(extents, req.source->size(), cluster_bytes);
-        l2_ranges_ = AllocationMap(extents, req.source->size(), cluster_bytes * l2_entries);
+        if (backing.file.empty()) {
+            clusters_ = AllocationMap(extents, req.source->size(), cluster_bytes);
+            l2_ranges_ = AllocationMap(extents, req.source->size(), cluster_bytes * l2_entries);
+        } else {
+            const std::vector<Extent> kinds =
+                backed_clusters(extents, cluster_bytes, req.source->name());
+            clusters_ = AllocationMap(kinds, req.source->size(), cluster_bytes);
+            zero_clusters_ = AllocationMap(select_types(kinds, {ExtentType::Zero}),
+                                           req.source->size(), cluster_bytes);
+            l2_ranges_ = AllocationMap(select_types(kinds, {ExtentType::Data, ExtentType::Zero}),
+                                       req.source->size(), cluster_bytes * l2_entries);
+        }
         const Qcow2Layout l = plan_layout(size, cluster_bytes, l2_ranges_.allocated_count(),
                                           clusters_.allocated_count());
         data_ = grown(req.source, l.guest_clusters * cluster_bytes);
@@ -186,12 +358,21 @@ public:
         h.refcount_table_clusters.set(static_cast<uint32_t>(l.refcount_table_clusters));
         h.refcount_order.set(qcow2::refcount_order);
         h.header_length.set(qcow2::header_length);
+        std::vector<unsigned char> extensions;
+        if (!backing.file.empty()) {
+            extensions = header_extensions(backing);
+            h.backing_file_offset.set(qcow2::header_length + extensions.size() -
+                                      backing.file.size());
+            h.backing_file_size.set(static_cast<uint32_t>(backing.file.size()));
+        }
         const auto* hp = reinterpret_cast<const unsigned char*>(&h);
-        add_bytes({hp, hp + sizeof h});
-        // The zeros after the header read as the end of header extensions.
+        std::vector<unsigned char> cluster0(hp, hp + sizeof h);
+        cluster0.insert(cluster0.end(), extensions.begin(), extensions.end());
+        add_bytes(std::move(cluster0));
         pad_to(cluster_bytes);
 
         const AllocationMap* clusters = &clusters_;
+        const AllocationMap* zero_clusters = &zero_clusters_;
         const AllocationMap* l2_ranges = &l2_ranges_;
         add_generated(l.l1_clusters * cluster_bytes, [l, l2_ranges](unsigned char* out, size_t n,
                                                                     uint64_t rel) {
@@ -218,10 +399,16 @@ public:
                           fill_refcounts(out, n, rel, used);
                       });
 
-        add_generated(l.l2_tables * cluster_bytes, [l, l2_entries, clusters, l2_ranges](
+        // The L2 entry of guest cluster g: its data, the zero flag, or unallocated.
+        auto l2_entry = [l, clusters, zero_clusters](uint64_t g) -> uint64_t {
+            if (const auto o = clusters->ordinal(g))
+                return ((l.data_at() + *o) * l.cluster_bytes) | qcow2::flag_copied;
+            return zero_clusters->ordinal(g) ? qcow2::flag_zero : 0;
+        };
+        add_generated(l.l2_tables * cluster_bytes, [l, l2_entries, l2_ranges, l2_entry](
                                                        unsigned char* out, size_t n, uint64_t rel) {
             // One table at a time: table k maps the guest clusters of the
-            // k-th L1 range that holds data.
+            // k-th L1 range that is mapped.
             while (n > 0) {
                 const uint64_t within = rel % l.cluster_bytes;
                 const size_t k =
@@ -229,11 +416,7 @@ public:
                 const uint64_t first = l2_ranges->block_at(rel / l.cluster_bytes) * l2_entries;
                 fill_table<uint64_t>(
                     out, k, within, std::min(l2_entries, l.guest_clusters - first),
-                    [&l, clusters, first](uint64_t j) {
-                        const auto o = clusters->ordinal(first + j);
-                        return o ? ((l.data_at() + *o) * l.cluster_bytes) | qcow2::flag_copied : 0;
-                    },
-                    true, 0);
+                    [&l2_entry, first](uint64_t j) { return l2_entry(first + j); }, true, 0);
                 out += k;
                 rel += k;
                 n -= k;
@@ -246,6 +429,7 @@ public:
 private:
     DevicePtr data_;
     AllocationMap clusters_;
+    AllocationMap zero_clusters_; // backed images only: Zero clusters, flagged
     AllocationMap l2_ranges_;
 };
 
@@ -258,7 +442,13 @@ extern const Format qcow2_format{
     "disk.qcow2",
     "qcow2 version 3 (compat 1.1): only clusters that hold data are in the file (qemu/KVM, "
     "libvirt, Proxmox VE, OpenStack)",
-    {{"cluster-size", "64K", "cluster size: a power of two from 4K to 2M (bytes, or with K or M)"}},
+    {{"cluster-size", "64K", "cluster size: a power of two from 4K to 2M (bytes, or with K or M)"},
+     {"backing-file", "",
+      "backing file name written into the image (qemu resolves a relative one from the image's "
+      "directory); holes of the source then read from it. Empty: none"},
+     {"backing-format", "",
+      "format of the backing file: raw, qcow2, vmdk, vpc, vhdx or vdi; needed with "
+      "backing-file"}},
     max_disk_size,
     one_file<Qcow2View>,
 };

@@ -1,8 +1,9 @@
 // On-disk structures of the QEMU Copy-On-Write format, version 3.
 //
 // qemu's docs/interop/qcow2.txt: "Header" (version 3 fields through
-// header_length), "Host cluster management" (refcount table and blocks) and
-// "Cluster mapping" (L1 and L2 tables). All numbers are big-endian.
+// header_length), "Header extensions", "Host cluster management" (refcount
+// table and blocks) and "Cluster mapping" (L1 and L2 tables). All numbers are
+// big-endian.
 #pragma once
 
 #include "common/endian.h"
@@ -24,6 +25,14 @@ inline constexpr uint64_t refcount_bytes = 2;
 // refcount of exactly one. qemu-img check reports every entry where this
 // disagrees with the refcounts.
 inline constexpr uint64_t flag_copied = 1ULL << 63;
+
+// L2 entry bit 0 ("Standard Cluster Descriptor", version 3 only): the guest
+// cluster reads as zeros. With host offset 0 it is unallocated, and still
+// nothing is read from the backing file.
+inline constexpr uint64_t flag_zero = 1;
+
+// "backing_file_size": a backing file name is at most 1023 bytes (no NUL).
+inline constexpr uint32_t max_backing_file_name = 1023;
 
 // The cluster sizes offered: 4 KiB to 2 MiB. qemu opens at most 2 MiB
 // clusters; under 4 KiB the L1 table of a large disk outgrows qemu's limit.
@@ -58,5 +67,17 @@ struct Header {
     be32 header_length;
 };
 static_assert(sizeof(Header) == header_length);
+
+// "Header extensions": from header_length on, each a type, the length of its
+// data, and the data padded to a multiple of 8 bytes; type 0 ends the list.
+inline constexpr uint32_t extension_end = 0x00000000;
+inline constexpr uint32_t extension_backing_format = 0xe2792aca; // the name, no NUL
+inline constexpr uint64_t extension_alignment = 8;
+
+struct ExtensionHeader {
+    be32 type;
+    be32 length; // of the data, without padding
+};
+static_assert(sizeof(ExtensionHeader) == 8);
 
 } // namespace p2vfs::qcow2

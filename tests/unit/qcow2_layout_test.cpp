@@ -14,6 +14,7 @@
 #include <cstring>
 #include <gtest/gtest.h>
 #include <map>
+#include <tuple>
 
 namespace p2vfs {
 namespace {
@@ -37,14 +38,18 @@ DevicePtr qcow2(DevicePtr src, std::map<std::string, std::string> opts = {}) {
 }
 
 // A qcow2 reader from the specification's "Cluster mapping": the guest disk
-// as a reader sees it.
-std::vector<unsigned char> read_back_qcow2(const std::vector<unsigned char>& f) {
+// as a reader sees it. An unallocated cluster reads from `backing` (zeros
+// past its end), or as zeros without one; the zero flag reads as zeros.
+std::vector<unsigned char> read_back_qcow2(const std::vector<unsigned char>& f,
+                                           const std::vector<unsigned char>* backing = nullptr) {
     EXPECT_EQ(be32_at(f, 0), 0x514649fbu);
     const uint64_t cluster = 1ULL << be32_at(f, 20);
     const uint64_t size = be64_at(f, 24);
     const uint64_t l1 = be64_at(f, 40);
     const uint64_t l2_entries = cluster / 8;
     std::vector<unsigned char> disk(size, 0);
+    if (backing)
+        std::memcpy(disk.data(), backing->data(), std::min<uint64_t>(size, backing->size()));
     for (uint64_t g = 0; g * cluster < size; ++g) {
         const uint64_t l2 = be64_at(f, l1 + 8 * (g / l2_entries)) & offset_mask;
         if (l2 == 0)
@@ -52,9 +57,13 @@ std::vector<unsigned char> read_back_qcow2(const std::vector<unsigned char>& f) 
         const uint64_t entry = be64_at(f, l2 + 8 * (g % l2_entries));
         EXPECT_EQ(entry & (1ULL << 62), 0u) << "compressed cluster " << g;
         const uint64_t host = entry & offset_mask;
-        if (host == 0 || (entry & 1))
-            continue; // unallocated, or reads as zeros
         const uint64_t n = std::min(cluster, size - g * cluster);
+        if (entry & 1) {
+            std::memset(&disk[g * cluster], 0, n); // reads as zeros, never from the backing file
+            continue;
+        }
+        if (host == 0)
+            continue; // unallocated: the backing file's bytes, or zeros
         EXPECT_LE(host + n, f.size()) << "guest cluster " << g;
         std::memcpy(&disk[g * cluster], &f[host], n);
     }
@@ -115,8 +124,8 @@ std::string check_refcounts(const std::vector<unsigned char>& f) {
         use(l2, cluster, "L2 table " + std::to_string(i));
         for (uint64_t j = 0; j < l2_entries; ++j) {
             const uint64_t d = be64_at(f, l2 + 8 * j);
-            if (d == 0)
-                continue;
+            if (d == 0 || d == 1)
+                continue; // unallocated; or unallocated and reading as zeros (no refcount)
             const std::string where = "L2 entry " + std::to_string(i) + "/" + std::to_string(j);
             if (i * l2_entries + j >= guest_clusters)
                 problem(where + " maps a cluster past the end of the disk");
@@ -375,7 +384,8 @@ TEST(Qcow2Options, BadClusterSizesAreRefusedByName) {
         EXPECT_EQ(refusal(MiB, {{"cluster-size", v}}),
                   "option cluster-size=" + std::string(v) + syntax);
     EXPECT_EQ(refusal(MiB, {{"cluster_size", "4K"}}),
-              "qcow2: unknown option 'cluster_size' (known: cluster-size)");
+              "qcow2: unknown option 'cluster_size' (known: cluster-size, backing-file, "
+              "backing-format)");
 }
 
 TEST(Qcow2Limits, SixtyFourTiBWithDefaultClusters) {
@@ -402,6 +412,247 @@ TEST(Qcow2Identity, SameSourceSameBytes) {
     EXPECT_EQ(read_all(*qcow2(sample_disk())), read_all(*qcow2(sample_disk())));
     EXPECT_NE(qcow2(sample_disk())->identity(),
               qcow2(sample_disk(), {{"cluster-size", "4K"}})->identity());
+}
+
+// ---------------------------------------------------------------- backing file
+
+// A memory disk that also reports chosen ranges as Zero (allocated, known
+// zero), as a source does for preallocated or zeroed ranges. Zero ranges lie
+// in holes of the data and do not overlap one another.
+class ZeroRangesDevice : public MemoryDevice {
+public:
+    using MemoryDevice::MemoryDevice;
+    void put_zero(uint64_t offset, uint64_t length) { zeros_[offset] = length; }
+
+    std::vector<Extent> extents(uint64_t offset, uint64_t length) override {
+        std::vector<Extent> out;
+        for (const Extent& e : MemoryDevice::extents(offset, length)) {
+            uint64_t pos = e.offset;
+            const uint64_t end = e.offset + e.length;
+            for (const auto& [zo, zl] : zeros_) {
+                const uint64_t a = std::max(zo, pos), b = std::min(zo + zl, end);
+                if (a >= b || e.type != ExtentType::Hole)
+                    continue;
+                append_extent(out, {pos, a - pos, e.type});
+                append_extent(out, {a, b - a, ExtentType::Zero});
+                pos = b;
+            }
+            append_extent(out, {pos, end - pos, e.type});
+        }
+        return out;
+    }
+
+private:
+    std::map<uint64_t, uint64_t> zeros_;
+};
+
+// sample_disk() with whole clusters changed: 64 KiB at 3 MiB, the last MiB.
+std::shared_ptr<MemoryDevice> changed_disk() {
+    auto d = std::make_shared<MemoryDevice>(10 * MiB);
+    d->put_pattern(3 * MiB, 64 * KiB);
+    d->put_pattern(9 * MiB, MiB);
+    return d;
+}
+
+// The pristine disk a backed view is compared with: no byte zero.
+std::vector<unsigned char> backing_bytes(uint64_t size) {
+    std::vector<unsigned char> b(size);
+    for (uint64_t i = 0; i < size; ++i)
+        b[i] = static_cast<unsigned char>(MemoryDevice::pattern(i) | 0x80);
+    return b;
+}
+
+const std::map<std::string, std::string> base_raw = {{"backing-file", "/srv/base.img"},
+                                                     {"backing-format", "raw"}};
+
+TEST(Qcow2Backing, HeaderPointsAtTheNameAfterTheFormatExtension) {
+    auto f = read_all(*qcow2(changed_disk(), base_raw));
+    EXPECT_EQ(be64_at(f, 8), 128u);          // backing_file_offset: after the extensions
+    EXPECT_EQ(be32_at(f, 16), 13u);          // backing_file_size: "/srv/base.img", no NUL
+    EXPECT_EQ(be32_at(f, 100), 104u);        // header_length: still the plain version 3 header
+    EXPECT_EQ(be32_at(f, 104), 0xe2792acau); // backing file format name extension
+    EXPECT_EQ(be32_at(f, 108), 3u);          // its data: "raw", padded to 8 bytes
+    EXPECT_EQ(std::string(f.begin() + 112, f.begin() + 120), std::string("raw\0\0\0\0\0", 8));
+    EXPECT_EQ(be64_at(f, 120), 0u); // end of extensions: type 0, length 0
+    EXPECT_EQ(std::string(f.begin() + 128, f.begin() + 141), "/srv/base.img");
+    for (uint64_t i = 141; i < 64 * KiB; ++i)
+        ASSERT_EQ(f[i], 0) << "header cluster byte " << i;
+    // The rest of the layout is the unbacked one: the same data clusters.
+    EXPECT_EQ(f.size(), 22 * 64 * KiB);
+    EXPECT_EQ(check_refcounts(f), "");
+}
+
+TEST(Qcow2Backing, FormatNameIsPaddedToEightBytes) {
+    auto f = read_at(
+        *qcow2(changed_disk(), {{"backing-file", "base.qcow2"}, {"backing-format", "qcow2"}}), 0,
+        256);
+    EXPECT_EQ(be32_at(f, 108), 5u);
+    EXPECT_EQ(std::string(f.begin() + 112, f.begin() + 120), std::string("qcow2\0\0\0", 8));
+    EXPECT_EQ(be64_at(f, 120), 0u);
+    EXPECT_EQ(be64_at(f, 8), 128u);
+    EXPECT_EQ(be32_at(f, 16), 10u);
+    EXPECT_EQ(std::string(f.begin() + 128, f.begin() + 138), "base.qcow2");
+    EXPECT_EQ(f[138], 0);
+}
+
+TEST(Qcow2Backing, LongestNameFitsTheSmallestCluster) {
+    const std::string name(1023, 'n');
+    auto f = read_all(
+        *qcow2(changed_disk(),
+               {{"cluster-size", "4K"}, {"backing-file", name}, {"backing-format", "vdi"}}));
+    EXPECT_EQ(be64_at(f, 8), 128u);
+    EXPECT_EQ(be32_at(f, 16), 1023u);
+    EXPECT_EQ(std::string(f.begin() + 128, f.begin() + 128 + 1023), name);
+    EXPECT_EQ(be64_at(f, 4096 + 8), 4 * 4096 | copied); // L1 in cluster 1, as always: 2-4 MiB
+    EXPECT_EQ(check_refcounts(f), "");
+}
+
+TEST(Qcow2Backing, UnchangedClustersReadFromTheBackingFileAndZeroClustersDoNot) {
+    // 64 KiB clusters, 4 MiB: cluster 3 changed, cluster 5 changed in its
+    // first half and zeroed in its second, clusters 8-9 zeroed, the rest
+    // (and the partial cluster 63) unchanged.
+    const uint64_t c = 64 * KiB;
+    auto src = std::make_shared<ZeroRangesDevice>(4 * MiB);
+    src->put_pattern(3 * c, c);
+    src->put_pattern(5 * c, c / 2);
+    src->put_zero(5 * c + c / 2, c / 2);
+    src->put_zero(8 * c, 2 * c);
+    const auto base = backing_bytes(4 * MiB);
+    auto f = read_all(*qcow2(src, base_raw));
+
+    auto expect = base;
+    const auto changed = read_all(*src);
+    for (uint64_t g : {3, 5, 8, 9})
+        std::memcpy(&expect[g * c], &changed[g * c], c);
+    EXPECT_EQ(read_back_qcow2(f, &base), expect);
+    EXPECT_EQ(check_refcounts(f), "");
+
+    // header, L1, refcount table, refcount block, one L2 table, 2 data clusters
+    ASSERT_EQ(f.size(), 7 * c);
+    const uint64_t l2 = 4 * c;
+    EXPECT_EQ(be64_at(f, c), l2 | copied);
+    EXPECT_EQ(be64_at(f, l2 + 8 * 2), 0u); // unchanged: the backing file's
+    EXPECT_EQ(be64_at(f, l2 + 8 * 3), 5 * c | copied);
+    EXPECT_EQ(be64_at(f, l2 + 8 * 5), 6 * c | copied); // data and zeros: stored
+    EXPECT_EQ(be64_at(f, l2 + 8 * 8), 1u);             // zero flag, no host cluster
+    EXPECT_EQ(be64_at(f, l2 + 8 * 9), 1u);
+    EXPECT_EQ(be64_at(f, l2 + 8 * 10), 0u);
+}
+
+TEST(Qcow2Backing, WithoutBackingFileZeroRangesStayUnallocated) {
+    // The same disk unbacked: zeros need no flag, every entry is 0 or data.
+    const uint64_t c = 64 * KiB;
+    auto src = std::make_shared<ZeroRangesDevice>(4 * MiB);
+    src->put_pattern(3 * c, c);
+    src->put_zero(8 * c, 2 * c);
+    auto f = read_all(*qcow2(src));
+    EXPECT_EQ(be64_at(f, 8), 0u);
+    EXPECT_EQ(be32_at(f, 16), 0u);
+    for (uint64_t i = 104; i < c; ++i)
+        ASSERT_EQ(f[i], 0) << "header cluster byte " << i;
+    const uint64_t l2 = 4 * c;
+    EXPECT_EQ(be64_at(f, l2 + 8 * 3), 5 * c | copied);
+    EXPECT_EQ(be64_at(f, l2 + 8 * 8), 0u);
+    EXPECT_EQ(be64_at(f, l2 + 8 * 9), 0u);
+    EXPECT_EQ(read_back_qcow2(f), read_all(*src));
+}
+
+TEST(Qcow2Backing, RangeOfOnlyZeroClustersGetsAnL2Table) {
+    // 4 KiB clusters: an L2 table maps 2 MiB. Data in range 0, zeros alone
+    // in range 2: its L2 table holds only zero flags.
+    auto src = std::make_shared<ZeroRangesDevice>(8 * MiB);
+    src->put_pattern(0, 4096);
+    src->put_zero(4 * MiB + 8192, 3 * 4096);
+    const auto base = backing_bytes(8 * MiB);
+    auto opts = base_raw;
+    opts["cluster-size"] = "4K";
+    auto f = read_all(*qcow2(src, opts));
+    // header, L1, refcount table, refcount block, 2 L2 tables, 1 data cluster
+    ASSERT_EQ(f.size(), 7 * 4096u);
+    EXPECT_EQ(be64_at(f, 4096 + 8 * 0), 4 * 4096 | copied);
+    EXPECT_EQ(be64_at(f, 4096 + 8 * 1), 0u);
+    EXPECT_EQ(be64_at(f, 4096 + 8 * 2), 5 * 4096 | copied);
+    EXPECT_EQ(be64_at(f, 5 * 4096 + 8 * 1), 0u);
+    for (uint64_t j = 2; j < 5; ++j)
+        EXPECT_EQ(be64_at(f, 5 * 4096 + 8 * j), 1u) << "L2 entry 2/" << j;
+    EXPECT_EQ(be64_at(f, 5 * 4096 + 8 * 5), 0u);
+    auto expect = base;
+    std::memcpy(expect.data(), read_at(*src, 0, 4096).data(), 4096);
+    std::memset(&expect[4 * MiB + 8192], 0, 3 * 4096);
+    EXPECT_EQ(read_back_qcow2(f, &base), expect);
+    EXPECT_EQ(check_refcounts(f), "");
+}
+
+TEST(Qcow2Backing, PartialLastClusterCountsOnlyTheDisk) {
+    // 1 MiB + 4 KiB of changed data at the end: the last 64 KiB cluster is
+    // changed over all of the disk it covers; past the disk is padding.
+    auto src = std::make_shared<MemoryDevice>(MiB + 4 * KiB);
+    src->put_pattern(MiB, 4 * KiB);
+    const auto base = backing_bytes(MiB + 4 * KiB);
+    auto f = read_all(*qcow2(src, base_raw));
+    auto expect = base;
+    std::memcpy(&expect[MiB], read_at(*src, MiB, 4 * KiB).data(), 4 * KiB);
+    EXPECT_EQ(read_back_qcow2(f, &base), expect);
+    EXPECT_EQ(check_refcounts(f), "");
+}
+
+TEST(Qcow2Backing, ClusterPartlyUnchangedIsRefused) {
+    // A backed image maps whole clusters: a cluster that is part hole
+    // (unchanged) and part data or zeros cannot be shown.
+    auto data = std::make_shared<MemoryDevice>(MiB);
+    data->put_pattern(64 * KiB + 4 * KiB, 4 * KiB);
+    auto zeros = std::make_shared<ZeroRangesDevice>(MiB);
+    zeros->put_zero(128 * KiB, 8 * KiB);
+    const std::string advice = "; a backed image maps whole clusters, so choose a cluster-size "
+                               "no larger than the granularity of the source's changes";
+    for (auto [dev, what, at] : {std::tuple{DevicePtr(data), "data", "0x10000"},
+                                 std::tuple{DevicePtr(zeros), "zeros", "0x20000"}}) {
+        try {
+            qcow2(dev, base_raw);
+            ADD_FAILURE() << what << ": accepted";
+        } catch (const InvalidArgument& e) {
+            EXPECT_EQ(std::string(e.what()),
+                      std::string("qcow2 with backing file: the 64 KiB cluster at ") + at +
+                          " of memory is partly unchanged (a hole) and partly " + what + advice);
+        }
+    }
+    // With 4 KiB clusters the same changes are whole clusters.
+    auto opts = base_raw;
+    opts["cluster-size"] = "4K";
+    EXPECT_NO_THROW(qcow2(data, opts));
+    EXPECT_NO_THROW(qcow2(zeros, opts));
+    // Without a backing file a hole reads as zeros: nothing to refuse.
+    EXPECT_NO_THROW(qcow2(data));
+}
+
+TEST(Qcow2Options, BadBackingOptionsAreRefusedByName) {
+    const std::string formats = "raw, qcow2, vmdk, vpc, vhdx, vdi";
+    EXPECT_EQ(refusal(MiB, {{"backing-file", "/srv/base.img"}}),
+              "option backing-file=/srv/base.img: needs backing-format (one of " + formats + ")");
+    EXPECT_EQ(refusal(MiB, {{"backing-format", "raw"}}),
+              "option backing-format=raw: given without backing-file");
+    EXPECT_EQ(refusal(MiB, {{"backing-file", "b.img"}, {"backing-format", "qed"}}),
+              "option backing-format=qed: must be one of " + formats);
+    EXPECT_EQ(refusal(MiB, {{"backing-file", "b.img"}, {"backing-format", "RAW"}}),
+              "option backing-format=RAW: must be one of " + formats);
+    for (const std::string& bad : {std::string("a\nb.img"), std::string("a\0b.img", 7)})
+        EXPECT_EQ(refusal(MiB, {{"backing-file", bad}, {"backing-format", "raw"}}),
+                  "option backing-file: the name contains a NUL or newline character");
+    EXPECT_EQ(refusal(MiB, {{"backing-file", std::string(1024, 'n')}, {"backing-format", "raw"}}),
+              "option backing-file: a name of 1024 bytes exceeds qcow2's limit of 1023 bytes");
+    for (const char* f : {"raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi"})
+        EXPECT_EQ(refusal(MiB, {{"backing-file", "b"}, {"backing-format", f}}), "(accepted)") << f;
+}
+
+TEST(Qcow2Identity, BackingFileIsPartOfTheIdentity) {
+    auto plain = qcow2(changed_disk());
+    auto backed = qcow2(changed_disk(), base_raw);
+    auto other =
+        qcow2(changed_disk(), {{"backing-file", "/srv/other.img"}, {"backing-format", "raw"}});
+    EXPECT_NE(plain->identity(), backed->identity());
+    EXPECT_NE(backed->identity(), other->identity());
+    EXPECT_EQ(backed->identity(), qcow2(changed_disk(), base_raw)->identity());
+    EXPECT_EQ(read_all(*backed), read_all(*qcow2(changed_disk(), base_raw)));
 }
 
 } // namespace

@@ -7,6 +7,10 @@
 //   qcow2:/path/x         the format named, not probed (raw: forces raw)
 //   nbd://host/export     a remote disk over NBD (any libnbd URI), behind a
 //                         read cache
+//   snapshot:/path/x      a point-in-time copy of the image file, kept in
+//                         SourceOptions::snapshot_dir and then opened as the
+//                         plain path would be (snapshot:FORMAT:PATH too);
+//                         see snapshot_source.h
 //
 // Block devices are never probed: a physical disk is raw whatever its first
 // sector says, so a machine being migrated cannot pass itself off as a qcow2

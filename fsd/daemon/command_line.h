@@ -12,7 +12,7 @@ namespace p2vfs {
 
 struct SourceArg {
     std::string name; // folder name in the mount
-    std::string spec; // a path, FORMAT:PATH, or an NBD URI
+    std::string spec; // a path, FORMAT:PATH, snapshot:PATH, or an NBD URI
 };
 
 // A view file asked for with --view NAME/FILE=FORMAT[,KEY=VALUE...].

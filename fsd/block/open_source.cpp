@@ -6,6 +6,8 @@
 #include "common/error.h"
 #include "nbd-bridge/image_source.h"
 
+#include <climits>
+#include <cstdlib>
 #include <spdlog/spdlog.h>
 #include <string_view>
 #include <sys/stat.h>
@@ -93,6 +95,27 @@ DevicePtr open_source(const std::string& spec, const SourceOptions& options) {
 
     const PathSpec local = parse_path_spec(spec);
     return checked(open_path(local.path, format_of(local.path, local.format), options));
+}
+
+BackingFile backing_file_of(const std::string& spec, const DevicePtr& source) {
+    if (is_nbd_uri(spec))
+        return {spec, "raw"};
+    // A snapshot: the snapshot file, in the format it is read in.
+    for (BlockDevice* d = source.get(); d;) {
+        if (const auto* snap = dynamic_cast<const SnapshotSource*>(d)) {
+            const PathSpec inner = parse_path_spec(spec.substr(snapshot_prefix.size()));
+            return {snap->record().path, format_of(snap->record().path, inner.format)};
+        }
+        const auto* filter = dynamic_cast<const FilterDevice*>(d);
+        d = filter ? filter->next().get() : nullptr;
+    }
+    const PathSpec local = parse_path_spec(spec);
+    char* real = ::realpath(local.path.c_str(), nullptr);
+    if (!real)
+        throw Error(local.path + ": cannot name it as a backing file: " + errno_text(errno));
+    BackingFile b{real, format_of(real, local.format)};
+    std::free(real);
+    return b;
 }
 
 } // namespace p2vfs

@@ -40,4 +40,13 @@ void validate(const SourceOptions& options);
 // Throws Error naming the spec when it cannot be opened or used.
 DevicePtr open_source(const std::string& spec, const SourceOptions& options);
 
+// How qemu would name the disk `source` (opened from `spec`) as a backing
+// file: an absolute path with its image format, or an NBD URI (raw). A
+// snapshot source names its snapshot file, not the live origin.
+struct BackingFile {
+    std::string file;
+    std::string format; // raw, qcow2, vmdk, vpc, vhdx, vdi
+};
+BackingFile backing_file_of(const std::string& spec, const DevicePtr& source);
+
 } // namespace p2vfs

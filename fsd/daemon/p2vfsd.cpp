@@ -8,6 +8,7 @@
 #include "formats/format.h"
 #include "fuse/fuse_frontend.h"
 #include "fuse/mount_point.h"
+#include "overlay/overlay.h"
 
 #include <csignal>
 #include <cstdio>
@@ -55,9 +56,31 @@ int main(int argc, char** argv) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_source;
         }
-        MountedFolder folder;
+        // An overlay when the source takes writes, or has one from before
+        // (fixups, earlier writes): then the folder shows the overlaid disk,
+        // and NAME@pristine the source as it is.
+        OverlayPtr overlay;
+        DevicePtr disk = source;
+        const bool writable = args.writable.count(s.name) > 0;
         try {
-            folder = build_folder(s.name, source, view_specs_for(args, s.name));
+            if (writable || Overlay::exists(args.state_dir, s.name)) {
+                overlay = Overlay::open(args.state_dir, s.name, source, s.spec,
+                                        OverlayOptions{.writable = writable}, writable);
+                disk = overlay->device(user_layer, writable ? user_layer : "");
+            }
+        } catch (const Error& e) {
+            spdlog::error("source '{}': {}", s.name, e.what());
+            return exit_source;
+        }
+        const auto specs = view_specs_for(args, s.name);
+        std::vector<MountedFolder> made;
+        try {
+            if (overlay) {
+                made.push_back(build_overlay_folder(s.name, overlay, disk, specs, writable));
+                made.push_back(build_folder(s.name + "@pristine", source, specs));
+            } else {
+                made.push_back(build_folder(s.name, source, specs));
+            }
         } catch (const InvalidArgument& e) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_usage;
@@ -66,8 +89,20 @@ int main(int argc, char** argv) {
             return exit_source;
         }
         spdlog::info("source '{}': {} ({}), view files: {}", s.name, source->name(),
-                     human_size(source->size()), folder.files.size());
-        folders.push_back(std::move(folder));
+                     human_size(source->size()), made.front().files.size());
+        if (overlay) {
+            std::string layers;
+            for (const auto& l : overlay->layers()) {
+                const auto info = l->info();
+                layers += (layers.empty() ? "" : ", ") + l->name() + " " +
+                          std::to_string(info.chunks) + " chunk(s)";
+            }
+            spdlog::info("source '{}': overlay {} ({}){}; the source itself in {}@pristine",
+                         s.name, overlay->dir(), layers,
+                         writable ? ", disk.raw writable" : ", read-only", s.name);
+        }
+        for (MountedFolder& f : made)
+            folders.push_back(std::move(f));
     }
 
     try {

@@ -5,6 +5,7 @@
 #include "daemon/command_line.h"
 #include "formats/format.h"
 #include "fuse/fuse_frontend.h"
+#include "overlay/overlay.h"
 
 #include <map>
 #include <string>
@@ -28,5 +29,14 @@ std::vector<ViewSpec> view_specs_for(const DaemonArgs& args, const std::string& 
 // InvalidArgument for bad options and for two files of one name.
 MountedFolder build_folder(const std::string& name, const DevicePtr& source,
                            const std::vector<ViewSpec>& specs);
+
+// The same over an overlay: `disk` is the overlaid disk (overlay->device()).
+// Every file is live (fuse_frontend.h): remade on open after the overlay's
+// allocation changed — or, for a view whose bytes are computed from the
+// data (a stream-optimized VMDK), after any write. With `writable`, the raw
+// view takes writes, which go to `disk`.
+MountedFolder build_overlay_folder(const std::string& name, const OverlayPtr& overlay,
+                                   const DevicePtr& disk, const std::vector<ViewSpec>& specs,
+                                   bool writable);
 
 } // namespace p2vfs

@@ -23,9 +23,19 @@ namespace p2vfs {
 namespace {
 
 // Views never change shape while mounted, so the kernel may keep attributes
-// and names for long. (Writable overlays will need shorter timeouts.)
+// and names for long. Live files (a view over an overlay taking writes) are
+// never cached: their size and mtime move with their generation.
 constexpr double attr_timeout = 60.0;
 constexpr size_t max_read_bytes = 1 << 20;
+
+// One device a file has shown, kept alive by the opens that use it.
+struct Version {
+    DevicePtr device;
+    struct timespec made {};
+    std::once_flag allocated_once;
+    uint64_t allocated = 0; // bytes in Data/Zero extents
+};
+using VersionPtr = std::shared_ptr<Version>;
 
 struct Node {
     fuse_ino_t ino;
@@ -33,21 +43,35 @@ struct Node {
     std::string name;
     bool is_dir;
     DevicePtr device;                 // files only, as given
+    std::shared_ptr<LiveFile> live;   // remade when its generation moves
+    bool writable = false;
     std::vector<fuse_ino_t> children; // folders only
-    mutable std::once_flag allocated_once;
-    mutable uint64_t allocated = 0; // bytes in Data/Zero extents
 
-    // What reads go to: device.get(), or for a view that must be prepared
-    // (prepared_view.h) nullptr until the first open has prepared it.
-    std::atomic<BlockDevice*> active{nullptr};
-    std::mutex prepare_mutex; // held by the open that prepares; others wait
-    DevicePtr prepared;       // keeps the prepared device alive
+    // The device reads go to: null for a view to prepare (prepared_view.h)
+    // until its first open has prepared it.
+    mutable std::mutex mutex; // guards current and generation
+    VersionPtr current;
+    uint64_t generation = 0;
+    std::mutex prepare_mutex; // held by the open that prepares or remakes
 
-    BlockDevice* dev() const { return active.load(std::memory_order_acquire); }
+    VersionPtr version() const {
+        std::lock_guard<std::mutex> lock(mutex);
+        return current;
+    }
     // Attributes of an unprepared file (size 0) must not be cached: the size
-    // appears when the first open has prepared it.
-    double timeout() const { return dev() ? attr_timeout : 0.0; }
+    // appears when the first open has prepared it. Nor those of live files.
+    double timeout(const VersionPtr& v) const { return v && !live ? attr_timeout : 0.0; }
 };
+
+VersionPtr make_version(DevicePtr device) {
+    auto v = std::make_shared<Version>();
+    v->device = std::move(device);
+    ::clock_gettime(CLOCK_REALTIME, &v->made);
+    return v;
+}
+
+// What an open file reads from: fuse_file_info::fh holds one of these.
+VersionPtr& handle(struct fuse_file_info* fi) { return *reinterpret_cast<VersionPtr*>(fi->fh); }
 
 } // namespace
 
@@ -57,6 +81,7 @@ struct FuseFrontend::Impl {
     struct timespec mount_time {};
     uid_t uid = ::getuid();
     gid_t gid = ::getgid();
+    bool any_writable = false;
 
     struct fuse_session* session = nullptr; // set while the loop runs
 
@@ -66,17 +91,23 @@ struct FuseFrontend::Impl {
         return nodes[ino - 1].get();
     }
 
-    fuse_ino_t add(fuse_ino_t parent, std::string name, bool is_dir, DevicePtr device) {
+    fuse_ino_t add(fuse_ino_t parent, std::string name, bool is_dir, MountedFile file) {
         auto n = std::make_unique<Node>();
         n->ino = nodes.size() + 1;
         n->parent = parent;
         n->name = std::move(name);
         n->is_dir = is_dir;
-        n->device = std::move(device);
-        // A view to prepare stays inactive until its first open, even if it
-        // is ready: prepared() makes the wrapper that knows its final size.
-        if (n->device && !prepared_view_of(*n->device))
-            n->active.store(n->device.get(), std::memory_order_release);
+        n->device = std::move(file.device);
+        n->live = std::move(file.live);
+        n->writable = file.writable;
+        any_writable = any_writable || n->writable;
+        // A view to prepare stays without a version until its first open,
+        // even if it is ready: prepared() makes the wrapper that knows its
+        // final size.
+        if (n->device && !prepared_view_of(*n->device)) {
+            n->current = make_version(n->device);
+            n->generation = n->live ? n->live->generation() : 0;
+        }
         const fuse_ino_t ino = n->ino;
         nodes.push_back(std::move(n));
         if (parent != 0)
@@ -84,46 +115,63 @@ struct FuseFrontend::Impl {
         return ino;
     }
 
-    uint64_t allocated_bytes(const Node& n) const {
-        BlockDevice* dev = n.dev();
-        if (!dev)
-            return 0;
-        std::call_once(n.allocated_once, [&] {
+    uint64_t allocated_bytes(Version& v) const {
+        std::call_once(v.allocated_once, [&] {
+            BlockDevice& dev = *v.device;
             try {
-                for (const Extent& e : dev->extents(0, dev->size()))
+                for (const Extent& e : dev.extents(0, dev.size()))
                     if (e.type != ExtentType::Hole)
-                        n.allocated += e.length;
+                        v.allocated += e.length;
             } catch (const Error& e) {
                 spdlog::warn("{}: cannot map allocation ({}); reporting it fully allocated",
-                             dev->name(), e.what());
-                n.allocated = dev->size();
+                             dev.name(), e.what());
+                v.allocated = dev.size();
             }
         });
-        return n.allocated;
+        return v.allocated;
     }
 
-    // Prepares the file's view if it must be; throws the preparation's Error.
-    void prepare(Node& n) const {
-        if (n.dev())
-            return;
-        std::lock_guard<std::mutex> lock(n.prepare_mutex);
-        if (n.dev())
-            return; // another open prepared it while this one waited
-        const auto log = logged_progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
-        // A long pass (compressing a large disk) must not hold up a
-        // SIGTERM: once the session is exiting, the pass is cancelled.
-        auto progress = [this, &log](uint64_t done, uint64_t total) {
-            if (session && fuse_session_exited(session))
-                throw Error("preparation cancelled: the daemon is stopping", ECANCELED);
-            log(done, total);
-        };
-        n.prepared = prepared(n.device, progress);
-        n.active.store(n.prepared.get(), std::memory_order_release);
-        spdlog::info("{} of '{}': ready, {} bytes", n.name, nodes[n.parent - 1]->name,
-                     n.prepared->size());
+    // The version an open (may_prepare) or a stat should see: prepares the
+    // view if it must be and, for a live file whose generation moved, makes
+    // the new one. A stat never starts a preparation pass: it sees the last
+    // version (or none). Throws the preparation's Error.
+    VersionPtr refresh(Node& n, bool may_prepare) const {
+        const uint64_t generation = n.live ? n.live->generation() : 0;
+        {
+            std::lock_guard<std::mutex> lock(n.mutex);
+            if (n.current && (!n.live || n.generation == generation))
+                return n.current;
+        }
+        std::lock_guard<std::mutex> prepare_lock(n.prepare_mutex);
+        {
+            std::lock_guard<std::mutex> lock(n.mutex);
+            if (n.current && (!n.live || n.generation == generation))
+                return n.current; // another open did it while this one waited
+        }
+        DevicePtr device = n.live ? n.live->make() : n.device;
+        if (prepared_view_of(*device)) {
+            if (!may_prepare)
+                return n.version();
+            const auto log = logged_progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
+            // A long pass (compressing a large disk) must not hold up a
+            // SIGTERM: once the session is exiting, the pass is cancelled.
+            auto progress = [this, &log](uint64_t done, uint64_t total) {
+                if (session && fuse_session_exited(session))
+                    throw Error("preparation cancelled: the daemon is stopping", ECANCELED);
+                log(done, total);
+            };
+            device = prepared(device, progress);
+            spdlog::info("{} of '{}': ready, {} bytes", n.name, nodes[n.parent - 1]->name,
+                         device->size());
+        }
+        VersionPtr v = make_version(std::move(device));
+        std::lock_guard<std::mutex> lock(n.mutex);
+        n.current = v;
+        n.generation = generation;
+        return v;
     }
 
-    struct stat stat_of(const Node& n) const {
+    struct stat stat_of(const Node& n, const VersionPtr& v) const {
         struct stat st {};
         st.st_ino = n.ino;
         st.st_uid = uid;
@@ -133,13 +181,29 @@ struct FuseFrontend::Impl {
             st.st_mode = S_IFDIR | 0555;
             st.st_nlink = 2;
         } else {
-            st.st_mode = S_IFREG | 0444;
+            st.st_mode = S_IFREG | (n.writable ? 0644 : 0444);
             st.st_nlink = 1;
-            st.st_size = static_cast<off_t>(n.dev() ? n.dev()->size() : 0);
-            st.st_blocks = static_cast<blkcnt_t>((allocated_bytes(n) + 511) / 512);
+            if (v) {
+                st.st_size = static_cast<off_t>(v->device->size());
+                st.st_blocks = static_cast<blkcnt_t>((allocated_bytes(*v) + 511) / 512);
+                if (n.live)
+                    st.st_mtim = st.st_ctim = v->made;
+            }
             st.st_blksize = 1 << 20;
         }
         return st;
+    }
+
+    // stat of a node for lookup/getattr: a live file's newest version.
+    VersionPtr stat_version(Node& n) const {
+        if (n.is_dir)
+            return nullptr;
+        try {
+            return refresh(n, false);
+        } catch (const std::exception& e) {
+            spdlog::warn("{} of '{}': {}", n.name, nodes[n.parent - 1]->name, e.what());
+            return n.version();
+        }
     }
 
     static Impl& of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
@@ -167,7 +231,14 @@ void op_init(void* userdata, struct fuse_conn_info* conn) {
     // Kernel features are negotiated here and nowhere else.
     if (impl.options.splice && (conn->capable & FUSE_CAP_SPLICE_WRITE))
         conn->want |= FUSE_CAP_SPLICE_WRITE | (conn->capable & FUSE_CAP_SPLICE_MOVE);
-    conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ); // no writes to receive
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ); // writes are few and small
+    // O_TRUNC comes with the open, where it is refused, rather than as a
+    // separate truncation before it.
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+        conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    // Writes go through to the daemon (no write-back cache): an fsync on a
+    // writable view then covers every write that returned.
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);
     conn->max_readahead = std::min<unsigned>(conn->max_readahead, max_read_bytes);
     conn->max_read = 0;
 }
@@ -175,20 +246,21 @@ void op_init(void* userdata, struct fuse_conn_info* conn) {
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     auto& impl = FuseFrontend::Impl::of(req);
     impl.tune_read_ahead();
-    const Node* p = impl.node(parent);
+    Node* p = impl.node(parent);
     if (!p || !p->is_dir) {
         fuse_reply_err(req, ENOTDIR);
         return;
     }
     for (fuse_ino_t c : p->children) {
-        const Node* n = impl.node(c);
+        Node* n = impl.node(c);
         if (n->name == name) {
+            const VersionPtr v = impl.stat_version(*n);
             struct fuse_entry_param e {};
             e.ino = n->ino;
             e.generation = 1;
-            e.attr = impl.stat_of(*n);
-            e.attr_timeout = n->timeout();
-            e.entry_timeout = n->timeout();
+            e.attr = impl.stat_of(*n, v);
+            e.attr_timeout = n->is_dir ? attr_timeout : n->timeout(v);
+            e.entry_timeout = e.attr_timeout;
             fuse_reply_entry(req, &e);
             return;
         }
@@ -199,17 +271,37 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
     auto& impl = FuseFrontend::Impl::of(req);
     impl.tune_read_ahead();
-    const Node* n = impl.node(ino);
+    Node* n = impl.node(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
         return;
     }
-    const struct stat st = impl.stat_of(*n);
-    fuse_reply_attr(req, &st, n->timeout());
+    const VersionPtr v = impl.stat_version(*n);
+    const struct stat st = impl.stat_of(*n, v);
+    fuse_reply_attr(req, &st, n->is_dir ? attr_timeout : n->timeout(v));
 }
 
-void op_setattr(fuse_req_t req, fuse_ino_t, struct stat*, int, struct fuse_file_info*) {
-    fuse_reply_err(req, EROFS);
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+                struct fuse_file_info*) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    Node* n = impl.node(ino);
+    if (!n || !n->writable) {
+        fuse_reply_err(req, n ? EROFS : ENOENT);
+        return;
+    }
+    // A disk has the size it has: only a "change" to the same size passes
+    // (times and modes are not kept).
+    const VersionPtr v = impl.stat_version(*n);
+    if ((to_set & FUSE_SET_ATTR_SIZE) &&
+        (!v || static_cast<uint64_t>(attr->st_size) != v->device->size())) {
+        spdlog::warn("{} of '{}': refused a change of size to {} (a disk cannot be truncated or "
+                     "grown; dd needs conv=notrunc)",
+                     n->name, impl.node(n->parent)->name, attr->st_size);
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    const struct stat st = impl.stat_of(*n, v);
+    fuse_reply_attr(req, &st, n->timeout(v));
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
@@ -270,33 +362,47 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
         fuse_reply_err(req, EISDIR);
         return;
     }
-    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    const bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+    if ((writing || (fi->flags & O_TRUNC)) && !n->writable) {
         fuse_reply_err(req, EROFS);
         return;
     }
+    if (fi->flags & O_TRUNC) {
+        spdlog::warn("{} of '{}': refused an open with O_TRUNC (a disk cannot be truncated; dd "
+                     "needs conv=notrunc)",
+                     n->name, impl.node(n->parent)->name);
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    VersionPtr v;
     try {
-        impl.prepare(*n);
+        v = impl.refresh(*n, true);
     } catch (const std::exception& e) {
         const auto* err = dynamic_cast<const Error*>(&e);
         spdlog::error("preparing {} of '{}': {}", n->name, impl.node(n->parent)->name, e.what());
         fuse_reply_err(req, err ? err->error_number() : EIO);
         return;
     }
-    fuse_reply_open(req, fi);
+    fi->fh = reinterpret_cast<uint64_t>(new VersionPtr(std::move(v)));
+    // Non-live files never change: the kernel may keep their pages.
+    fi->keep_cache = !n->live && !n->writable;
+    if (fuse_reply_open(req, fi) != 0)
+        delete reinterpret_cast<VersionPtr*>(fi->fh); // the opener is gone: no release follows
 }
 
-void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
+void op_release(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
+    delete reinterpret_cast<VersionPtr*>(fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
     auto& impl = FuseFrontend::Impl::of(req);
     const Node* n = impl.node(ino);
     if (!n || n->is_dir) {
         fuse_reply_err(req, n ? EISDIR : ENOENT);
         return;
     }
-    if (!n->dev()) {
-        fuse_reply_err(req, EIO); // opened before it was prepared: cannot happen
-        return;
-    }
-    BlockDevice& dev = *n->dev();
+    BlockDevice& dev = *handle(fi)->device;
     const uint64_t offset = static_cast<uint64_t>(off);
     const uint64_t file_size = dev.size();
     if (offset >= file_size) {
@@ -331,9 +437,9 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
     }
 }
 
-void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info*) {
+void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info* fi) {
     const Node* n = FuseFrontend::Impl::of(req).node(ino);
-    if (!n || n->is_dir || !n->dev()) {
+    if (!n || n->is_dir) {
         fuse_reply_err(req, EINVAL);
         return;
     }
@@ -341,7 +447,7 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse
         fuse_reply_err(req, EINVAL); // SEEK_SET/CUR/END are handled by the kernel
         return;
     }
-    BlockDevice& dev = *n->dev();
+    BlockDevice& dev = *handle(fi)->device;
     const uint64_t size = dev.size();
     const uint64_t offset = static_cast<uint64_t>(off);
     if (off < 0 || offset >= size) {
@@ -373,16 +479,59 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
     sv.f_frsize = 4096;
     uint64_t bytes = 0;
     for (const auto& n : impl.nodes)
-        if (!n->is_dir && n->dev())
-            bytes += n->dev()->size();
+        if (!n->is_dir)
+            if (const VersionPtr v = n->version())
+                bytes += v->device->size();
     sv.f_blocks = bytes / 4096;
     sv.f_files = impl.nodes.size();
     sv.f_namemax = 255;
     fuse_reply_statfs(req, &sv);
 }
 
-void op_write(fuse_req_t req, fuse_ino_t, const char*, size_t, off_t, struct fuse_file_info*) {
-    fuse_reply_err(req, EROFS);
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+              struct fuse_file_info* fi) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* n = impl.node(ino);
+    if (!n || n->is_dir || !n->writable) {
+        fuse_reply_err(req, n ? EROFS : ENOENT);
+        return;
+    }
+    BlockDevice& dev = *handle(fi)->device;
+    const uint64_t offset = static_cast<uint64_t>(off);
+    // As on a block device: a write crossing the end is cut there, one at
+    // or past the end has no room.
+    if (off < 0 || offset >= dev.size()) {
+        fuse_reply_err(req, ENOSPC);
+        return;
+    }
+    const size_t length = static_cast<size_t>(std::min<uint64_t>(size, dev.size() - offset));
+    try {
+        dev.write(buf, length, offset);
+        fuse_reply_write(req, length);
+    } catch (const std::exception& e) {
+        reply_error(req, *n, "write of", offset, length, e);
+    }
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t, struct fuse_file_info*) {
+    // close(2): writes are in the overlay's log already; durability is
+    // fsync's business, as on any file.
+    fuse_reply_err(req, 0);
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int, struct fuse_file_info* fi) {
+    auto& impl = FuseFrontend::Impl::of(req);
+    const Node* n = impl.node(ino);
+    if (!n || n->is_dir) {
+        fuse_reply_err(req, n ? 0 : ENOENT);
+        return;
+    }
+    try {
+        handle(fi)->device->flush();
+        fuse_reply_err(req, 0);
+    } catch (const std::exception& e) {
+        reply_error(req, *n, "fsync of", 0, 0, e);
+    }
 }
 
 void op_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, struct fuse_file_info*) {
@@ -399,7 +548,10 @@ const struct fuse_lowlevel_ops operations = [] {
     ops.readdir = op_readdir;
     ops.open = op_open;
     ops.read = op_read;
+    ops.release = op_release;
     ops.write = op_write;
+    ops.flush = op_flush;
+    ops.fsync = op_fsync;
     ops.create = op_create;
     ops.lseek = op_lseek;
     ops.statfs = op_statfs;
@@ -441,11 +593,13 @@ FuseFrontend::FuseFrontend(FuseOptions options, std::vector<MountedFolder> folde
     : impl_(std::make_unique<Impl>()) {
     impl_->options = std::move(options);
     ::clock_gettime(CLOCK_REALTIME, &impl_->mount_time);
-    const fuse_ino_t root = impl_->add(0, "", true, nullptr);
+    const fuse_ino_t root = impl_->add(0, "", true, {});
     for (auto& folder : folders) {
-        const fuse_ino_t dir = impl_->add(root, folder.name, true, nullptr);
-        for (auto& file : folder.files)
-            impl_->add(dir, file.name, false, std::move(file.device));
+        const fuse_ino_t dir = impl_->add(root, folder.name, true, {});
+        for (auto& file : folder.files) {
+            std::string name = std::move(file.name);
+            impl_->add(dir, std::move(name), false, std::move(file));
+        }
     }
 }
 
@@ -453,8 +607,10 @@ FuseFrontend::~FuseFrontend() = default;
 
 void FuseFrontend::run() {
     const FuseOptions& o = impl_->options;
-    std::vector<std::string> argv_store{"p2vfsd", "-o",
-                                        "ro,default_permissions,fsname=p2vfs,subtype=p2vfsd"};
+    std::vector<std::string> argv_store{
+        "p2vfsd", "-o",
+        std::string(impl_->any_writable ? "rw" : "ro") +
+            ",default_permissions,fsname=p2vfs,subtype=p2vfsd"};
     if (::geteuid() == 0)
         argv_store.back() += ",allow_other";
     if (o.debug)

@@ -1,10 +1,20 @@
-// The FUSE front end: serves folders of BlockDevices as read-only files.
+// The FUSE front end: serves folders of BlockDevices as files.
+//
+// Files are read-only unless marked writable (a writable disk.raw, whose
+// writes go into an overlay). A file may be "live": its device is remade
+// when what lies below it changes (a view over an overlay that takes
+// writes). Each open of a file gets the device current at that moment and
+// keeps it until it is closed, so the layout of an open file never changes
+// mid-read; the next open sees the new layout. The attributes of live files
+// are never cached by the kernel (timeout 0), their mtime is the time the
+// current device was made, and each open drops the kernel's cached pages.
 //
 // Thread model: libfuse's multithreaded loop calls the operations from up to
 // `max_threads` worker threads at once. The tree of inodes is built before
 // mounting and never changes, so operations share it without locks; the
-// devices behind the files are safe for concurrent readers. The only lazily
-// computed state, a file's allocated size, is guarded by a std::once_flag.
+// devices behind the files are safe for concurrent readers. What changes —
+// a file's current device, made at the first open (a view to prepare) or
+// when a live file's generation moves — is guarded by a mutex per file.
 #pragma once
 
 #include "block/block_device.h"
@@ -15,9 +25,21 @@
 
 namespace p2vfs {
 
+// A file whose device is remade when the layers below it change.
+class LiveFile {
+public:
+    virtual ~LiveFile() = default;
+    // Changes whenever make() would give a device of another layout.
+    virtual uint64_t generation() const = 0;
+    // The device for the generation now (may be a view still to prepare).
+    virtual DevicePtr make() = 0;
+};
+
 struct MountedFile {
     std::string name;
-    DevicePtr device;
+    DevicePtr device;              // the device at mount time
+    std::shared_ptr<LiveFile> live = {}; // set: remade on open when its generation moves
+    bool writable = false;         // opens for writing are allowed; writes go to device
 };
 
 struct MountedFolder {

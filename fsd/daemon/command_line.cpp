@@ -77,8 +77,10 @@ std::string usage_text() {
            "                             options, e.g. pc1/azure.vhd=vhd-fixed,round=mib\n"
            "      --state-dir DIR        where overlays and snapshots persist (default\n"
            "                             /var/lib/p2vfs)\n"
-           "      --writable NAME        disk.raw of source NAME takes writes; they go into\n"
-           "                             the user layer of its overlay, never the source\n"
+           "      --writable NAME[:LAYER]\n"
+           "                             disk.raw of source NAME takes writes: into the user\n"
+           "                             layer of its overlay (or LAYER: fixups), never into\n"
+           "                             the source\n"
            "      --snapshot-dir DIR     where snapshot sources keep their copies (default\n"
            "                             STATE-DIR/snapshots, on the origin's file system)\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
@@ -229,9 +231,16 @@ DaemonArgs parse_command_line(int argc, char** argv) {
                 throw InvalidArgument("--state-dir: expected a directory");
             a.state_dir = optarg;
             break;
-        case opt_writable:
-            a.writable.insert(optarg);
+        case opt_writable: {
+            // NAME or NAME:LAYER
+            const std::string v = optarg;
+            const auto colon = v.find(':');
+            const std::string layer = colon == std::string::npos ? "user" : v.substr(colon + 1);
+            if (layer != "user" && layer != "fixups")
+                throw InvalidArgument("--writable " + v + ": LAYER is user or fixups");
+            a.writable[v.substr(0, colon)] = layer;
             break;
+        }
         case opt_snapshot_dir:
             if (*optarg == '\0')
                 throw InvalidArgument("--snapshot-dir: expected a directory");
@@ -290,7 +299,7 @@ DaemonArgs parse_command_line(int argc, char** argv) {
     if (a.source_options.snapshot_dir.empty())
         a.source_options.snapshot_dir = a.state_dir + "/snapshots";
     validate(a.source_options);
-    for (const std::string& w : a.writable)
+    for (const auto& [w, layer] : a.writable)
         if (!names.count(w))
             throw InvalidArgument("--writable " + w + ": no --source named '" + w + "'");
     for (const ViewArg& v : a.views)

@@ -37,8 +37,9 @@ struct DaemonArgs {
     // Where overlays (and, unless --snapshot-dir says otherwise, snapshots)
     // persist between runs.
     std::string state_dir = "/var/lib/p2vfs";
-    // Sources whose disk.raw takes writes (into the overlay's user layer).
-    std::set<std::string> writable;
+    // Sources whose disk.raw takes writes -> the overlay layer they go to
+    // (user, or fixups for repair and tests).
+    std::map<std::string, std::string> writable;
     // Copying is the default: at 1 MiB requests splicing measured no faster
     // (0.97-1.02x, tools/bench) and held ~40 MiB more resident memory.
     bool splice = false;

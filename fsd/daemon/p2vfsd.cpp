@@ -61,12 +61,13 @@ int main(int argc, char** argv) {
         // and NAME@pristine the source as it is.
         OverlayPtr overlay;
         DevicePtr disk = source;
-        const bool writable = args.writable.count(s.name) > 0;
+        const auto w = args.writable.find(s.name);
+        const bool writable = w != args.writable.end();
         try {
             if (writable || Overlay::exists(args.state_dir, s.name)) {
                 overlay = Overlay::open(args.state_dir, s.name, source, s.spec,
                                         OverlayOptions{.writable = writable}, writable);
-                disk = overlay->device(user_layer, writable ? user_layer : "");
+                disk = overlay->device(user_layer, writable ? w->second : "");
             }
         } catch (const Error& e) {
             spdlog::error("source '{}': {}", s.name, e.what());
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
             }
             spdlog::info("source '{}': overlay {} ({}){}; the source itself in {}@pristine",
                          s.name, overlay->dir(), layers,
-                         writable ? ", disk.raw writable" : ", read-only", s.name);
+                         writable ? ", disk.raw writes to " + w->second : ", read-only", s.name);
         }
         for (MountedFolder& f : made)
             folders.push_back(std::move(f));

@@ -20,7 +20,7 @@ void copy_to_file(BlockDevice& dev, const std::string& path,
         std::vector<unsigned char> buf(1 << 20);
         const uint64_t size = dev.size();
         for (const Extent& e : dev.extents(0, size)) {
-            if (e.type == ExtentType::Data) {
+            if (e.type != ExtentType::Hole) {
                 for (uint64_t at = e.offset; at < e.offset + e.length;) {
                     const size_t n = static_cast<size_t>(
                         std::min<uint64_t>(buf.size(), e.offset + e.length - at));

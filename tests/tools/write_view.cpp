@@ -8,66 +8,18 @@
 // under its own name; holes of the view stay holes in the file. A view that
 // must be prepared first (a stream-optimized VMDK) is prepared, with progress
 // on stderr. Exit status: 0 done, 1 failure (one line on stderr), 2 usage.
+#include "block/copy_to_file.h"
 #include "block/open_source.h"
 #include "common/error.h"
 #include "formats/format.h"
 #include "formats/prepared_view.h"
 
-#include <cerrno>
 #include <cstdio>
-#include <fcntl.h>
 #include <map>
 #include <string>
-#include <unistd.h>
-#include <vector>
-
-namespace {
-
-using namespace p2vfs;
-
-void write_all(int fd, const unsigned char* p, size_t n, uint64_t offset, const std::string& path) {
-    while (n > 0) {
-        const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            throw Error(path + ": write at " + hex(offset) + " failed: " + errno_text(errno));
-        p += w;
-        n -= static_cast<size_t>(w);
-        offset += static_cast<uint64_t>(w);
-    }
-}
-
-void write_file(BlockDevice& dev, const std::string& path) {
-    const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    if (fd < 0)
-        throw Error(path + ": " + errno_text(errno));
-    std::vector<unsigned char> buf(1 << 20);
-    try {
-        for (const Extent& e : dev.extents(0, dev.size())) {
-            if (e.type == ExtentType::Hole)
-                continue; // left unwritten: a hole in the file too
-            for (uint64_t at = e.offset; at < e.offset + e.length;) {
-                const size_t n =
-                    static_cast<size_t>(std::min<uint64_t>(buf.size(), e.offset + e.length - at));
-                dev.read(buf.data(), n, at);
-                write_all(fd, buf.data(), n, at, path);
-                at += n;
-            }
-        }
-        if (::ftruncate(fd, static_cast<off_t>(dev.size())) != 0)
-            throw Error(path + ": truncate failed: " + errno_text(errno));
-    } catch (...) {
-        ::close(fd);
-        throw;
-    }
-    if (::close(fd) != 0)
-        throw Error(path + ": close failed: " + errno_text(errno));
-}
-
-} // namespace
 
 int main(int argc, char** argv) {
+    using namespace p2vfs;
     if (argc < 4) {
         std::fprintf(stderr, "usage: write_view FORMAT SOURCE OUTDIR [KEY=VALUE...]\n");
         return 2;
@@ -98,7 +50,7 @@ int main(int argc, char** argv) {
                                  percent);
                 last_percent = percent;
             });
-            write_file(*dev, std::string(argv[3]) + "/" + file.name);
+            copy_to_file(*dev, std::string(argv[3]) + "/" + file.name);
         }
     } catch (const Error& e) {
         std::fprintf(stderr, "write_view: %s\n", e.what());

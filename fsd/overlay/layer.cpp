@@ -28,13 +28,13 @@ bool valid_checkpoint_name(const std::string& s) {
 } // namespace
 
 Layer::Layer(std::string dir, std::string name, const Geometry& geometry,
-             const SegmentOptions& options)
+             const SegmentOptions& options, bool create)
     : dir_(std::move(dir)), name_(std::move(name)), geometry_(geometry), options_(options) {
     bool exists = false;
     read_small_file(dir_ + "/segments", &exists);
     if (!exists) {
-        if (!options_.writable)
-            throw Error("overlay layer " + dir_ + ": missing (no segment list)", ENOENT);
+        if (!create || !options_.writable)
+            throw Error("overlay layer " + dir_ + ": missing (no " + dir_ + "/segments)", ENOENT);
         make_directories(dir_);
         push_new_segment();
         save_list();

@@ -49,9 +49,10 @@ struct LayerInfo {
 
 class Layer {
 public:
-    // Opens the layer in `dir`, making it (one empty segment) if missing.
+    // Opens the layer in `dir`; with `create`, makes it (one empty segment)
+    // if it is missing, otherwise a missing layer is an error.
     Layer(std::string dir, std::string name, const Geometry& geometry,
-          const SegmentOptions& options);
+          const SegmentOptions& options, bool create = false);
     ~Layer();
 
     const std::string& name() const { return name_; }

@@ -276,7 +276,7 @@ std::shared_ptr<Overlay> Overlay::open(const std::string& state_dir, const std::
         so.compress = options.compress;
         for (const char* l : {fixups_layer, user_layer}) {
             remove_tree(o->dir_ + "/" + l);
-            overlay::Layer(o->dir_ + "/" + l, l, o->geometry_, so);
+            overlay::Layer(o->dir_ + "/" + l, l, o->geometry_, so, true);
         }
         replace_file(conf_path, conf);
         spdlog::info("overlay of '{}': made in {} ({} KiB chunks{})", name, o->dir_,

@@ -433,6 +433,15 @@ TEST(Overlay, RefusesAnotherSourceAndASecondOpener) {
             << e.what();
     }
     EXPECT_EQ(Overlay::recorded_source(d.path(), "pc"), "mem");
+    // A layer gone from an existing overlay is an error, not a fresh start.
+    std::filesystem::remove_all(d.path() + "/overlays/pc/user");
+    try {
+        Overlay::open(d.path(), "pc", source, "mem", {.writable = true}, true);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("overlays/pc/user: missing"), std::string::npos)
+            << e.what();
+    }
 }
 
 } // namespace

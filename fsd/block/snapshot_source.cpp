@@ -2,6 +2,7 @@
 
 #include "common/endian.h"
 #include "common/error.h"
+#include "common/file_io.h"
 #include "common/stable_id.h"
 
 #include <cctype>
@@ -140,21 +141,6 @@ std::string describe_mount(const std::string& path) {
     throw Error(what + ": " + errno_text(err), err);
 }
 
-class OwnedFd {
-public:
-    explicit OwnedFd(int fd) : fd_(fd) {}
-    ~OwnedFd() {
-        if (fd_ >= 0)
-            ::close(fd_);
-    }
-    OwnedFd(const OwnedFd&) = delete;
-    OwnedFd& operator=(const OwnedFd&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
-
 // A temporary file that is removed unless it was renamed into place.
 class TemporaryFile {
 public:
@@ -174,12 +160,6 @@ public:
 private:
     std::string path_;
 };
-
-void fsync_dir(const std::string& dir) {
-    const OwnedFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (fd.get() < 0 || ::fsync(fd.get()) != 0)
-        throw_errno("snapshot directory " + dir + ": fsync failed");
-}
 
 // Makes `dir` and any missing parents; the directory itself mode 0700.
 void ensure_directory(const std::string& dir) {
@@ -216,7 +196,7 @@ public:
     }
 
 private:
-    OwnedFd fd_; // closing it releases the lock
+    UniqueFd fd_; // closing it releases the lock
 };
 
 // Temporaries of a take that was interrupted (crash, kill -9, power cut):
@@ -241,30 +221,6 @@ void remove_leftover_temporaries(const std::string& dir) {
                         errno);
         spdlog::warn("removed {}, left by a snapshot that was interrupted", path);
     }
-}
-
-// Writes `text` to dir/name through name.tmp, synced, renamed, directory
-// synced: the file is there whole or not at all.
-void write_file_durably(const std::string& dir, const std::string& name, const std::string& text) {
-    const std::string path = dir + "/" + name;
-    const std::string temp = path + temp_suffix;
-    const OwnedFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (fd.get() < 0)
-        throw_errno(temp + ": cannot create");
-    TemporaryFile guard(temp);
-    size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            throw_errno(temp + ": write failed");
-        done += static_cast<size_t>(n);
-    }
-    if (::fsync(fd.get()) != 0)
-        throw_errno(temp + ": fsync failed");
-    guard.rename_to(path);
-    fsync_dir(dir);
 }
 
 int64_t now_ns() {
@@ -307,14 +263,14 @@ public:
     SnapshotRecord take(const SnapshotOrigin& origin, const SnapshotPlace& place) override {
         const std::string path = place.dir + "/" + place.stem + snapshot_suffix;
         const std::string temp = path + temp_suffix;
-        const OwnedFd src(::open(origin.canonical.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+        const UniqueFd src(::open(origin.canonical.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
         if (src.get() < 0)
             throw_errno(origin.path + ": cannot open for a snapshot");
         struct stat origin_st {};
         if (::fstat(src.get(), &origin_st) != 0)
             throw_errno(origin.path);
         // 0400: nothing is meant to write a snapshot, not even us.
-        const OwnedFd dst(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400));
+        const UniqueFd dst(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0400));
         if (dst.get() < 0)
             throw_errno(temp + ": cannot create");
         TemporaryFile guard(temp);
@@ -327,7 +283,7 @@ public:
         if (::fstat(dst.get(), &snap_st) != 0)
             throw_errno(temp);
         guard.rename_to(path);
-        fsync_dir(place.dir);
+        sync_directory(place.dir);
 
         SnapshotRecord r;
         r.kind = name();
@@ -367,7 +323,7 @@ public:
         if (::unlink(path.c_str()) == 0) {
             spdlog::warn("removed {}: a snapshot whose record was never written (interrupted)",
                          path);
-            fsync_dir(place.dir);
+            sync_directory(place.dir);
         } else if (errno != ENOENT) {
             throw_errno(path + ": cannot remove");
         }
@@ -434,15 +390,6 @@ SnapshotKind& kind_named(const std::string& name, const std::string& where) {
             return *k;
     throw Error(where + ": a snapshot of kind '" + name + "', which this build does not have",
                 EINVAL);
-}
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in)
-        throw Error(path + ": cannot read: " + errno_text(errno), errno ? errno : EIO);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
 }
 
 } // namespace
@@ -583,7 +530,7 @@ SnapshotRecord keep_or_take_snapshot(const std::string& origin_path, const std::
     const std::string record_path = dir + "/" + record_name;
     struct stat st {};
     if (::stat(record_path.c_str(), &st) == 0) {
-        SnapshotRecord r = parse_snapshot_record(read_text(record_path), record_path, dir);
+        SnapshotRecord r = parse_snapshot_record(read_small_file(record_path), record_path, dir);
         if (r.origin != origin.canonical)
             throw Error(record_path + ": is the record of a snapshot of " + r.origin + ", not of " +
                             origin.canonical + "; give another --snapshot-dir",
@@ -604,7 +551,7 @@ SnapshotRecord keep_or_take_snapshot(const std::string& origin_path, const std::
                      snapshot_time_text(r.taken_ns), r.path);
         if (::unlink(record_path.c_str()) != 0)
             throw_errno(record_path + ": cannot remove");
-        fsync_dir(dir);
+        sync_directory(dir);
     } else if (errno != ENOENT) {
         throw_errno(record_path);
     }
@@ -612,7 +559,8 @@ SnapshotRecord keep_or_take_snapshot(const std::string& origin_path, const std::
     kind.discard(place);
 
     SnapshotRecord r = kind.take(origin, place);
-    write_file_durably(dir, record_name, snapshot_record_text(r, dir));
+    // Whole or not at all: through record_name.tmp, synced, renamed.
+    replace_file(dir + "/" + record_name, snapshot_record_text(r, dir));
     spdlog::info("snapshot of {} taken at {} ({}, {}): {}", origin.path,
                  snapshot_time_text(r.taken_ns), kind.name(), human_size(r.size), r.path);
     return r;

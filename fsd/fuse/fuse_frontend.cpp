@@ -142,7 +142,15 @@ struct FuseFrontend::Impl {
             if (n.current && (!n.live || n.generation == generation))
                 return n.current;
         }
-        std::lock_guard<std::mutex> prepare_lock(n.prepare_mutex);
+        // A stat never waits for an open that is preparing or remaking the
+        // file (a pass over a large disk): it answers with what there is.
+        if (!may_prepare && !n.live)
+            return n.version();
+        std::unique_lock<std::mutex> prepare_lock(n.prepare_mutex, std::defer_lock);
+        if (may_prepare)
+            prepare_lock.lock();
+        else if (!prepare_lock.try_lock())
+            return n.version();
         {
             std::lock_guard<std::mutex> lock(n.mutex);
             if (n.current && (!n.live || n.generation == generation))

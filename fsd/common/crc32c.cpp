@@ -1,6 +1,11 @@
 #include "common/crc32c.h"
 
 #include <array>
+#include <cstring>
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
 
 namespace p2vfs {
 namespace {
@@ -30,7 +35,7 @@ constexpr Tables tables = make_tables();
 
 } // namespace
 
-uint32_t crc32c(const void* data, size_t length, uint32_t crc) {
+uint32_t crc32c_portable(const void* data, size_t length, uint32_t crc) {
     const auto* p = static_cast<const unsigned char*>(data);
     uint32_t c = ~crc;
     while (length >= 8) {
@@ -48,5 +53,41 @@ uint32_t crc32c(const void* data, size_t length, uint32_t crc) {
         c = (c >> 8) ^ tables[0][(c ^ *p++) & 0xff];
     return ~c;
 }
+
+#if defined(__x86_64__)
+namespace {
+
+// SSE 4.2's crc32 instruction computes CRC-32C, eight bytes per step: about
+// five times the tables' speed here. Overlay chunks are checked on every
+// read, so this is on the data path.
+__attribute__((target("sse4.2"))) uint32_t crc32c_sse42(const void* data, size_t length,
+                                                          uint32_t crc) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    uint64_t c = ~crc;
+    while (length >= 8) {
+        uint64_t word;
+        std::memcpy(&word, p, 8); // little-endian host: the bytes in order
+        c = _mm_crc32_u64(c, word);
+        p += 8;
+        length -= 8;
+    }
+    auto c32 = static_cast<uint32_t>(c);
+    while (length-- > 0)
+        c32 = _mm_crc32_u8(c32, *p++);
+    return ~c32;
+}
+
+const bool have_sse42 = __builtin_cpu_supports("sse4.2");
+
+} // namespace
+
+uint32_t crc32c(const void* data, size_t length, uint32_t crc) {
+    return have_sse42 ? crc32c_sse42(data, length, crc) : crc32c_portable(data, length, crc);
+}
+#else
+uint32_t crc32c(const void* data, size_t length, uint32_t crc) {
+    return crc32c_portable(data, length, crc);
+}
+#endif
 
 } // namespace p2vfs

@@ -17,4 +17,8 @@ namespace p2vfs {
 // checksum of a followed by b. The checksum of no bytes is 0.
 uint32_t crc32c(const void* data, size_t length, uint32_t crc = 0);
 
+// The same, always by table look-ups (crc32c() uses the CPU's instruction
+// where there is one); for tests that compare the two.
+uint32_t crc32c_portable(const void* data, size_t length, uint32_t crc = 0);
+
 } // namespace p2vfs

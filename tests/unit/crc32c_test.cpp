@@ -72,5 +72,24 @@ TEST(Crc32c, AgreesWithTheBitwiseDefinitionAtEveryAlignmentAndLength) {
                 << "start " << start << " length " << len;
 }
 
+// crc32c() takes the CPU's instruction where there is one; the table code
+// must agree with it (and with the definition) wherever either runs.
+TEST(Crc32c, PortableAndDispatchedAgree) {
+    std::vector<unsigned char> b(70001);
+    uint32_t x = 7;
+    for (auto& c : b) {
+        x = x * 1103515245 + 12345;
+        c = static_cast<unsigned char>(x >> 16);
+    }
+    for (size_t start = 0; start < 8; ++start)
+        for (size_t len : {0, 1, 3, 8, 13, 64, 4097, 65536}) {
+            ASSERT_EQ(crc32c_portable(b.data() + start, len), crc32c_bitwise(b.data() + start, len))
+                << "start " << start << " length " << len;
+            ASSERT_EQ(crc32c(b.data() + start, len, 0x1234567u),
+                      crc32c_portable(b.data() + start, len, 0x1234567u))
+                << "start " << start << " length " << len;
+        }
+}
+
 } // namespace
 } // namespace p2vfs

@@ -276,7 +276,7 @@ void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     fuse_reply_err(req, ENOENT);
 }
 
-void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
+void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     auto& impl = FuseFrontend::Impl::of(req);
     impl.tune_read_ahead();
     Node* n = impl.node(ino);
@@ -284,7 +284,8 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info*) {
         fuse_reply_err(req, ENOENT);
         return;
     }
-    const VersionPtr v = impl.stat_version(*n);
+    // fstat(2) of an open file: the version that file reads.
+    const VersionPtr v = fi && fi->fh && !n->is_dir ? handle(fi) : impl.stat_version(*n);
     const struct stat st = impl.stat_of(*n, v);
     fuse_reply_attr(req, &st, n->is_dir ? attr_timeout : n->timeout(v));
 }
@@ -392,8 +393,10 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
         return;
     }
     fi->fh = reinterpret_cast<uint64_t>(new VersionPtr(std::move(v)));
-    // Non-live files never change: the kernel may keep their pages.
-    fi->keep_cache = !n->live && !n->writable;
+    // The kernel keeps one page cache per inode, shared by every open: pages
+    // a later open reads from a newer version would be served to this one.
+    // So reads of a live file bypass it and each reaches its own version.
+    fi->direct_io = n->live != nullptr;
     if (fuse_reply_open(req, fi) != 0)
         delete reinterpret_cast<VersionPtr*>(fi->fh); // the opener is gone: no release follows
 }

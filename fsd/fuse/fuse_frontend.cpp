@@ -15,6 +15,7 @@
 #include <fstream>
 #include <fuse_lowlevel.h>
 #include <mutex>
+#include <unordered_set>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,6 +85,33 @@ struct FuseFrontend::Impl {
     bool any_writable = false;
 
     struct fuse_session* session = nullptr; // set while the loop runs
+
+    // The handles of open files. A file still open when the mount goes away
+    // (a loop device over disk.raw, a lazy unmount) gets no release: what is
+    // left here is freed when the loop ends.
+    std::mutex handles_mutex;
+    std::unordered_set<VersionPtr*> handles;
+
+    uint64_t new_handle(VersionPtr v) {
+        auto* h = new VersionPtr(std::move(v));
+        std::lock_guard<std::mutex> lock(handles_mutex);
+        handles.insert(h);
+        return reinterpret_cast<uint64_t>(h);
+    }
+    void free_handle(uint64_t fh) {
+        auto* h = reinterpret_cast<VersionPtr*>(fh);
+        {
+            std::lock_guard<std::mutex> lock(handles_mutex);
+            handles.erase(h);
+        }
+        delete h;
+    }
+    void free_all_handles() {
+        std::lock_guard<std::mutex> lock(handles_mutex);
+        for (VersionPtr* h : handles)
+            delete h;
+        handles.clear();
+    }
 
     Node* node(fuse_ino_t ino) const {
         if (ino == 0 || ino > nodes.size())
@@ -392,17 +420,17 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
         fuse_reply_err(req, err ? err->error_number() : EIO);
         return;
     }
-    fi->fh = reinterpret_cast<uint64_t>(new VersionPtr(std::move(v)));
+    fi->fh = impl.new_handle(std::move(v));
     // The kernel keeps one page cache per inode, shared by every open: pages
     // a later open reads from a newer version would be served to this one.
     // So reads of a live file bypass it and each reaches its own version.
     fi->direct_io = n->live != nullptr;
     if (fuse_reply_open(req, fi) != 0)
-        delete reinterpret_cast<VersionPtr*>(fi->fh); // the opener is gone: no release follows
+        impl.free_handle(fi->fh); // the opener is gone: no release follows
 }
 
 void op_release(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
-    delete reinterpret_cast<VersionPtr*>(fi->fh);
+    FuseFrontend::Impl::of(req).free_handle(fi->fh);
     fuse_reply_err(req, 0);
 }
 
@@ -671,6 +699,7 @@ void FuseFrontend::run() {
     const int rc = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
     impl_->session = nullptr; // the workers are gone; the guard destroys it
+    impl_->free_all_handles();
     spdlog::info("unmounting {}", o.mount_point);
     if (rc < 0)
         spdlog::warn("FUSE loop ended with: {}", errno_text(-rc));

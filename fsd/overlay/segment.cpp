@@ -345,8 +345,8 @@ void Segment::note_entry(uint64_t c, const Entry& e) {
         old = it->second;
     else if (auto it2 = applying_.find(c); it2 != applying_.end())
         old = it2->second;
-    else if (!damaged_.count(c))
-        old = load_entry(c, &damaged);
+    else if (test(present_, c) && !damaged_.count(c))
+        old = load_entry(c, &damaged); // (absent: no need to fault in its index page)
     damaged_.erase(c);
     if (old.kind != ChunkKind::Absent) {
         dead_.push_back(old);

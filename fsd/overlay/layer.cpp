@@ -233,20 +233,26 @@ void Layer::rollback(const std::string& checkpoint_name) {
         dropped.push_back(std::move(members_.back()));
         members_.pop_back();
     }
-    for (Member& m : dropped)
-        m.segment.reset(); // (the top one syncs as it closes; harmless)
     // The new top takes the number after the highest ever used, so no
     // directory of a dropped segment is reused before it is deleted.
     const uint64_t next = dropped.empty() ? members_.back().number + 1 : dropped.front().number + 1;
+    replace_dropped(std::move(dropped), next);
+    spdlog::info("overlay layer '{}': rolled back to checkpoint '{}'", name_, checkpoint_name);
+}
+
+void Layer::replace_dropped(std::vector<Member> dropped, uint64_t next) {
+    for (Member& d : dropped)
+        d.segment.reset(); // (a writable one syncs as it closes; harmless)
     Member m{};
     m.number = next;
     remove_tree(segment_dir(next));
     m.segment = Segment::create(segment_dir(next), geometry_, options_);
     members_.push_back(std::move(m));
+    // The list names the new top before the dropped segments go (see the
+    // crash rules in layer.h).
     save_list();
     for (const Member& d : dropped)
         remove_tree(segment_dir(d.number));
-    spdlog::info("overlay layer '{}': rolled back to checkpoint '{}'", name_, checkpoint_name);
 }
 
 void Layer::discard() {
@@ -256,16 +262,7 @@ void Layer::discard() {
     std::vector<Member> dropped = std::move(members_);
     members_.clear();
     const uint64_t next = dropped.back().number + 1;
-    for (Member& d : dropped)
-        d.segment.reset();
-    Member m{};
-    m.number = next;
-    remove_tree(segment_dir(next));
-    m.segment = Segment::create(segment_dir(next), geometry_, options_);
-    members_.push_back(std::move(m));
-    save_list();
-    for (const Member& d : dropped)
-        remove_tree(segment_dir(d.number));
+    replace_dropped(std::move(dropped), next);
     spdlog::info("overlay layer '{}': discarded", name_);
 }
 

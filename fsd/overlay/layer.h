@@ -87,6 +87,9 @@ private:
     void open_list();
     void push_new_segment();
     void remove_unlisted();
+    // Closes `dropped`, puts a new empty top segment `next` above the
+    // members left, saves the list, then deletes the dropped segments.
+    void replace_dropped(std::vector<Member> dropped, uint64_t next);
     uint64_t next_present_locked(uint64_t from, uint64_t end) const;
     uint64_t next_absent_locked(uint64_t from, uint64_t end) const;
 

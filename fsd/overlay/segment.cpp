@@ -91,6 +91,16 @@ bool decode_record_header(const unsigned char* p, const unsigned char* id, Recor
     return true;
 }
 
+// The start both file headers share: magic, version, geometry, segment id.
+void encode_file_header(unsigned char* p, const char* magic, const Geometry& g,
+                        const unsigned char* id) {
+    std::memcpy(p, magic, 8);
+    store_le<uint32_t>(p + 8, version);
+    store_le<uint32_t>(p + 12, g.chunk_size);
+    store_le<uint64_t>(p + 16, g.disk_size);
+    std::memcpy(p + 24, id, 16);
+}
+
 uint32_t entry_check(const unsigned char* e, uint64_t c) {
     unsigned char n[8];
     store_le<uint64_t>(n, c);
@@ -148,11 +158,7 @@ void Segment::open_files(bool create) {
 
     if (create) {
         unsigned char h[page]{};
-        std::memcpy(h, log_magic, 8);
-        store_le<uint32_t>(h + 8, version);
-        store_le<uint32_t>(h + 12, geometry_.chunk_size);
-        store_le<uint64_t>(h + 16, geometry_.disk_size);
-        std::memcpy(h + 24, id_, 16);
+        encode_file_header(h, log_magic, geometry_, id_);
         store_le<uint32_t>(h + 60, crc32c(h, 60));
         pwrite_full(log.get(), h, page, 0, log_path_);
         sync_data(log.get(), log_path_);
@@ -240,11 +246,7 @@ Segment::~Segment() {
 void Segment::write_header() {
     const int slot = 1 - header_slot_;
     unsigned char s[slot_size]{};
-    std::memcpy(s, index_magic, 8);
-    store_le<uint32_t>(s + 8, version);
-    store_le<uint32_t>(s + 12, geometry_.chunk_size);
-    store_le<uint64_t>(s + 16, geometry_.disk_size);
-    std::memcpy(s + 24, id_, 16);
+    encode_file_header(s, index_magic, geometry_, id_);
     store_le<uint64_t>(s + 40, header_seq_ + 1);
     store_le<uint64_t>(s + 48, applied_end_);
     store_le<uint64_t>(s + 56, sequence_.load());

@@ -113,7 +113,10 @@ public:
             const uint32_t chunk_length = g_.chunk_length(c);
             const uint64_t stop = std::min(end, chunk_start + chunk_length);
             std::lock_guard<std::mutex> lock(overlay_->chunk_lock(c));
-            const bool allocated = target.has(c);
+            // Views lay out Data only: a chunk new to the layer, or one that
+            // turns from all-zero to data (or back), changes the allocation.
+            const bool had = target.has(c);
+            const bool was_zero = had && target.is_zero(c);
             const unsigned char* data = in + (at - offset);
             if (at != chunk_start || stop != chunk_start + chunk_length) {
                 // Part of a chunk: the rest is what the write layer shows now.
@@ -122,7 +125,7 @@ public:
                 data = chunk.data();
             }
             target.write_chunk(c, data);
-            overlay_->note_write(!allocated);
+            overlay_->note_write(!had || was_zero != target.is_zero(c));
             at = stop;
         }
     }

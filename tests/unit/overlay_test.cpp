@@ -384,6 +384,23 @@ TEST(Overlay, LayersStackAndCheckpointsRollBack) {
     EXPECT_EQ(at(*fix, 102000), 'a'); // the fixups layer alone
     EXPECT_EQ(at(*top, 107000), MemoryDevice::pattern(107000));
 
+    // Views lay out Data only: the allocation generation moves when a chunk
+    // appears in a layer or turns from zeros to data, not on a rewrite.
+    const std::vector<unsigned char> zeros(65536, 0), ones(65536, 1);
+    uint64_t g = o->allocation_generation();
+    user->write(zeros.data(), zeros.size(), 6 * 65536);
+    EXPECT_EQ(o->allocation_generation(), ++g); // new to the layer
+    user->write(ones.data(), 100, 6 * 65536 + 7);
+    EXPECT_EQ(o->allocation_generation(), ++g); // zeros -> data
+    user->write(ones.data(), 100, 6 * 65536 + 9);
+    EXPECT_EQ(o->allocation_generation(), g); // data rewritten
+    const uint64_t content = o->content_generation();
+    user->write(zeros.data(), zeros.size(), 6 * 65536);
+    EXPECT_EQ(o->allocation_generation(), ++g); // data -> zeros
+    EXPECT_EQ(o->content_generation(), content + 1);
+    EXPECT_EQ(top->extents(6 * 65536, 65536),
+              (std::vector<Extent>{{6 * 65536, 65536, ExtentType::Zero}}));
+
     o->layer(user_layer).checkpoint("one");
     user->write(c.data(), c.size(), 200000);
     EXPECT_EQ(at(*top, 200000), 'c');

@@ -351,8 +351,13 @@ void Segment::note_entry(uint64_t c, const Entry& e) {
     else if (test(present_, c) && !damaged_.count(c))
         old = load_entry(c, &damaged); // (absent: no need to fault in its index page)
     damaged_.erase(c);
-    if (old.kind != ChunkKind::Absent) {
+    if (old.kind != ChunkKind::Absent)
         dead_.push_back(old);
+    make_pending(c, old, e);
+}
+
+void Segment::make_pending(uint64_t c, const Entry& old, const Entry& e) {
+    if (old.kind != ChunkKind::Absent) {
         --stats_.chunks;
         stats_.zero_chunks -= old.kind == ChunkKind::Zero;
         stats_.stored_bytes -= old.stored;
@@ -420,19 +425,9 @@ void Segment::recover() {
             if (!damaged_.count(c))
                 old = load_entry(c, nullptr);
             damaged_.erase(c);
-            if (old.kind != ChunkKind::Absent) {
-                --stats_.chunks;
-                stats_.zero_chunks -= old.kind == ChunkKind::Zero;
-                stats_.stored_bytes -= old.stored;
-                if (old.where < replay_start)
-                    dead_.push_back(old);
-            }
-            pending_[c] = e;
-            ++stats_.chunks;
-            stats_.zero_chunks += e.kind == ChunkKind::Zero;
-            stats_.stored_bytes += e.stored;
-            assign(zero_, c, e.kind == ChunkKind::Zero);
-            assign(present_, c, true);
+            if (old.kind != ChunkKind::Absent && old.where < replay_start)
+                dead_.push_back(old);
+            make_pending(c, old, e);
         }
         for (const auto& [c, e] : replayed)
             if (last[c].where != e.where)

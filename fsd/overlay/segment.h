@@ -156,6 +156,8 @@ private:
     void read_record(uint64_t c, const Entry& e, unsigned char* out, std::string* why);
     void write_header();
     void note_entry(uint64_t c, const Entry& e); // with index_mutex_ held
+    // Counts e in place of old (Absent: none) and notes it; index_mutex_ held.
+    void make_pending(uint64_t c, const Entry& old, const Entry& e);
     void sync_locked();
     void fail(const std::string& why);
     [[noreturn]] void throw_failed() const;

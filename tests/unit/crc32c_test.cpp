@@ -26,6 +26,16 @@ uint32_t crc32c_bitwise(const unsigned char* p, size_t n) {
     return ~c;
 }
 
+// n bytes from a linear congruential generator started at `seed`.
+std::vector<unsigned char> pseudo_random(size_t n, uint32_t seed) {
+    std::vector<unsigned char> b(n);
+    for (auto& c : b) {
+        seed = seed * 1103515245 + 12345;
+        c = static_cast<unsigned char>(seed >> 16);
+    }
+    return b;
+}
+
 TEST(Crc32c, MatchesTheCatalogueCheckValue) {
     const std::string check = "123456789";
     EXPECT_EQ(crc32c(check.data(), check.size()), 0xE3069283u);
@@ -60,12 +70,7 @@ TEST(Crc32c, ContinuesAcrossAnySplit) {
 }
 
 TEST(Crc32c, AgreesWithTheBitwiseDefinitionAtEveryAlignmentAndLength) {
-    std::vector<unsigned char> b(70000);
-    uint32_t x = 1;
-    for (auto& c : b) {
-        x = x * 1103515245 + 12345;
-        c = static_cast<unsigned char>(x >> 16);
-    }
+    const std::vector<unsigned char> b = pseudo_random(70000, 1);
     for (size_t start = 0; start < 8; ++start)
         for (size_t len : {0, 1, 7, 8, 9, 15, 16, 17, 4096, 65536})
             ASSERT_EQ(crc32c(b.data() + start, len), crc32c_bitwise(b.data() + start, len))
@@ -75,12 +80,7 @@ TEST(Crc32c, AgreesWithTheBitwiseDefinitionAtEveryAlignmentAndLength) {
 // crc32c() takes the CPU's instruction where there is one; the table code
 // must agree with it (and with the definition) wherever either runs.
 TEST(Crc32c, PortableAndDispatchedAgree) {
-    std::vector<unsigned char> b(70001);
-    uint32_t x = 7;
-    for (auto& c : b) {
-        x = x * 1103515245 + 12345;
-        c = static_cast<unsigned char>(x >> 16);
-    }
+    const std::vector<unsigned char> b = pseudo_random(70001, 7);
     for (size_t start = 0; start < 8; ++start)
         for (size_t len : {0, 1, 3, 8, 13, 64, 4097, 65536}) {
             ASSERT_EQ(crc32c_portable(b.data() + start, len), crc32c_bitwise(b.data() + start, len))

@@ -14,6 +14,8 @@
 #include <sstream>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -138,13 +140,29 @@ void QemuNbdServer::fail_if_exits(std::chrono::milliseconds within) {
     } while (std::chrono::steady_clock::now() < deadline);
 }
 
+// Whether a unix socket at `path` accepts connections. qemu-nbd binds its
+// socket (the file appears) a moment before it listens on it; a connection
+// in between is refused.
+static bool accepts_connections(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path)
+        return false;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    return ok;
+}
+
 void QemuNbdServer::wait_ready() {
     const auto deadline = std::chrono::steady_clock::now() + start_timeout;
-    struct stat st;
-    while (::stat(socket_.c_str(), &st) != 0) {
+    while (!accepts_connections(socket_)) {
         fail_if_exits(std::chrono::milliseconds(0));
         if (std::chrono::steady_clock::now() > deadline)
-            fail("qemu-nbd did not open its socket within " +
+            fail("qemu-nbd did not accept connections on its socket within " +
                  std::to_string(start_timeout.count()) + " s: " + log_text());
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }

@@ -97,6 +97,14 @@ DevicePtr open_source(const std::string& spec, const SourceOptions& options) {
     return checked(open_path(local.path, format_of(local.path, local.format), options));
 }
 
+std::optional<std::string> local_path_of(const std::string& spec) {
+    if (is_nbd_uri(spec) || spec.find("://") != std::string::npos)
+        return std::nullopt;
+    const std::string rest =
+        spec.starts_with(snapshot_prefix) ? spec.substr(snapshot_prefix.size()) : spec;
+    return parse_path_spec(rest).path;
+}
+
 BackingFile backing_file_of(const std::string& spec, const DevicePtr& source) {
     if (is_nbd_uri(spec))
         return {spec, "raw"};

@@ -21,6 +21,7 @@
 #include "block/cache_device.h"
 #include "nbd-bridge/nbd_source.h"
 
+#include <optional>
 #include <string>
 
 namespace p2vfs {
@@ -39,6 +40,10 @@ void validate(const SourceOptions& options);
 
 // Throws Error naming the spec when it cannot be opened or used.
 DevicePtr open_source(const std::string& spec, const SourceOptions& options);
+
+// The local file or device a spec reads (the origin of a snapshot:), or
+// nothing for an NBD URI: what an access check must look at.
+std::optional<std::string> local_path_of(const std::string& spec);
 
 // How qemu would name the disk `source` (opened from `spec`) as a backing
 // file: an absolute path with its image format, or an NBD URI (raw). A

@@ -53,8 +53,12 @@ std::string usage_text() {
                        std::string(o.default_value) + "  " + std::string(o.help) + "\n";
     }
     return "Usage: p2vfsd --mount DIR --source NAME=SPEC [--source NAME=SPEC ...] [OPTIONS]\n"
+           "       p2vfsd --mount DIR --bus BUS [--source NAME=SPEC ...] [OPTIONS]\n"
            "\n"
            "Shows each source disk as virtual disk files in DIR/NAME/, converted lazily.\n"
+           "With --bus, serves the org.p2vfs1 D-Bus API too (p2vctl): sources added over\n"
+           "it and materialization jobs persist in the state directory and come back at\n"
+           "the next start.\n"
            "\n"
            "  -m, --mount DIR            where to mount (an empty directory)\n"
            "  -s, --source NAME=SPEC     a source disk, shown in DIR/NAME. SPEC is one of:\n"
@@ -83,6 +87,11 @@ std::string usage_text() {
            "                             the source\n"
            "      --snapshot-dir DIR     where snapshot sources keep their copies (default\n"
            "                             STATE-DIR/snapshots, on the origin's file system)\n"
+           "      --bus BUS              serve the D-Bus API on BUS: system, session or a\n"
+           "                             D-Bus address (unix:path=/run/x); the name is\n"
+           "                             org.p2vfs1\n"
+           "      --control-group GROUP  members of GROUP may call methods, as root may\n"
+           "                             (default p2vfs); others may only read\n"
            "      --direct               read sources with O_DIRECT (bypass the page cache)\n"
            "      --nbd-connections N    connections per NBD source when the server allows\n"
            "                             multi-conn (default 4)\n"
@@ -124,7 +133,9 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         opt_readahead,
         opt_state_dir,
         opt_writable,
-        opt_snapshot_dir
+        opt_snapshot_dir,
+        opt_bus,
+        opt_control_group
     };
     static const struct option long_options[] = {
         {"mount", required_argument, nullptr, 'm'},
@@ -135,6 +146,8 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         {"state-dir", required_argument, nullptr, opt_state_dir},
         {"writable", required_argument, nullptr, opt_writable},
         {"snapshot-dir", required_argument, nullptr, opt_snapshot_dir},
+        {"bus", required_argument, nullptr, opt_bus},
+        {"control-group", required_argument, nullptr, opt_control_group},
         {"direct", no_argument, nullptr, opt_direct},
         {"nbd-connections", required_argument, nullptr, opt_nbd_connections},
         {"retry-timeout", required_argument, nullptr, opt_retry_timeout},
@@ -246,6 +259,14 @@ DaemonArgs parse_command_line(int argc, char** argv) {
                 throw InvalidArgument("--snapshot-dir: expected a directory");
             a.source_options.snapshot_dir = optarg;
             break;
+        case opt_bus:
+            if (*optarg == '\0')
+                throw InvalidArgument("--bus: expected system, session or a D-Bus address");
+            a.bus = optarg;
+            break;
+        case opt_control_group:
+            a.control_group = optarg;
+            break;
         case opt_direct:
             a.source_options.direct = true;
             break;
@@ -294,8 +315,9 @@ DaemonArgs parse_command_line(int argc, char** argv) {
         throw InvalidArgument(std::string("unexpected argument '") + argv[optind] + "'");
     if (a.mount_point.empty())
         throw InvalidArgument("--mount DIR is required");
-    if (a.sources.empty())
-        throw InvalidArgument("at least one --source NAME=SPEC is required");
+    if (a.sources.empty() && a.bus.empty())
+        throw InvalidArgument("at least one --source NAME=SPEC is required (or --bus, to take "
+                              "sources over D-Bus)");
     if (a.source_options.snapshot_dir.empty())
         a.source_options.snapshot_dir = a.state_dir + "/snapshots";
     validate(a.source_options);

@@ -40,6 +40,9 @@ struct DaemonArgs {
     // Sources whose disk.raw takes writes -> the overlay layer they go to
     // (user, or fixups for repair and tests).
     std::map<std::string, std::string> writable;
+    // D-Bus: "system", "session" or an address; empty: no D-Bus API.
+    std::string bus;
+    std::string control_group = "p2vfs";
     // Copying is the default: at 1 MiB requests splicing measured no faster
     // (0.97-1.02x, tools/bench) and held ~40 MiB more resident memory.
     bool splice = false;

@@ -1,18 +1,19 @@
 // p2vfsd: shows source disks as lazily converted virtual disk files in a
 // FUSE mount. See README.md for usage and docs/ARCHITECTURE.md for the design.
-#include "block/open_source.h"
 #include "common/error.h"
 #include "common/logging.h"
+#include "core/access.h"
+#include "core/core.h"
 #include "daemon/command_line.h"
-#include "daemon/source_folder.h"
-#include "formats/format.h"
+#include "dbus/service.h"
 #include "fuse/fuse_frontend.h"
 #include "fuse/mount_point.h"
-#include "overlay/overlay.h"
 
 #include <csignal>
 #include <cstdio>
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 namespace {
 
@@ -23,6 +24,16 @@ int early_error(const std::string& message, int code) {
     std::fprintf(stderr, "p2vfsd: error: %s\n", message.c_str());
     return code;
 }
+
+// The core puts its folders in the FUSE front end.
+struct FuseMountTable : p2vfs::MountTable {
+    std::unique_ptr<p2vfs::FuseFrontend> frontend;
+    void add_folder(p2vfs::MountedFolder folder) override { frontend->add_folder(std::move(folder)); }
+    void add_file(const std::string& folder, p2vfs::MountedFile file) override {
+        frontend->add_file(folder, std::move(file));
+    }
+    bool remove_folder(const std::string& folder) override { return frontend->remove_folder(folder); }
+};
 
 } // namespace
 
@@ -47,41 +58,45 @@ int main(int argc, char** argv) {
         return early_error(std::string(e.what()) + " (see p2vfsd --help)", exit_usage);
     }
 
-    std::vector<MountedFolder> folders;
+    std::optional<gid_t> control_gid = group_id(args.control_group);
+    if (!control_gid && !args.bus.empty())
+        spdlog::warn("no group named '{}': only root may call methods over D-Bus",
+                     args.control_group);
+    FuseMountTable table;
+    FuseOptions fuse_options{args.mount_point, args.splice, args.threads, 1024, args.fuse_debug};
+    std::unique_ptr<DbusService> service;
+    std::unique_ptr<Core> core;
+    // Once mounted: the D-Bus name, then systemd hears the daemon is ready.
+    fuse_options.on_ready = [&] {
+        if (!args.bus.empty())
+            service = std::make_unique<DbusService>(*core, args.bus);
+        ::sd_notify(0, "READY=1");
+    };
+    try {
+        table.frontend = std::make_unique<FuseFrontend>(fuse_options, std::vector<MountedFolder>{});
+        core = std::make_unique<Core>(
+            CoreOptions{args.state_dir, args.mount_point, args.source_options,
+                        args.default_formats_given ? args.default_formats
+                                                   : std::vector<std::string>{},
+                        args.format_options, control_gid},
+            table);
+    } catch (const Error& e) {
+        spdlog::error("{}", e.what());
+        return exit_failure;
+    }
+    const Caller self = Caller::from_uid(::geteuid());
     for (const SourceArg& s : args.sources) {
-        DevicePtr source;
+        AddSourceOptions o;
+        if (args.default_formats_given)
+            o.formats = args.default_formats;
+        for (const ViewArg& v : args.views)
+            if (v.source == s.name)
+                o.views.push_back({v.format, v.file, v.options});
+        if (const auto w = args.writable.find(s.name); w != args.writable.end())
+            o.writable_layer = w->second;
+        o.persist = false;
         try {
-            source = open_source(s.spec, args.source_options);
-        } catch (const Error& e) {
-            spdlog::error("source '{}': {}", s.name, e.what());
-            return exit_source;
-        }
-        // An overlay when the source takes writes, or has one from before
-        // (fixups, earlier writes): then the folder shows the overlaid disk,
-        // and NAME@pristine the source as it is.
-        OverlayPtr overlay;
-        DevicePtr disk = source;
-        const auto w = args.writable.find(s.name);
-        const bool writable = w != args.writable.end();
-        try {
-            if (writable || Overlay::exists(args.state_dir, s.name)) {
-                overlay = Overlay::open(args.state_dir, s.name, source, s.spec,
-                                        OverlayOptions{.writable = writable}, writable);
-                disk = overlay->device(user_layer, writable ? w->second : "");
-            }
-        } catch (const Error& e) {
-            spdlog::error("source '{}': {}", s.name, e.what());
-            return exit_source;
-        }
-        const auto specs = view_specs_for(args, s.name);
-        std::vector<MountedFolder> made;
-        try {
-            if (overlay) {
-                made.push_back(build_overlay_folder(s.name, overlay, disk, specs, writable));
-                made.push_back(build_folder(s.name + "@pristine", source, specs));
-            } else {
-                made.push_back(build_folder(s.name, source, specs));
-            }
+            core->add_source(self, s.name, s.spec, o);
         } catch (const InvalidArgument& e) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_usage;
@@ -89,35 +104,24 @@ int main(int argc, char** argv) {
             spdlog::error("source '{}': {}", s.name, e.what());
             return exit_source;
         }
-        spdlog::info("source '{}': {} ({}), view files: {}", s.name, source->name(),
-                     human_size(source->size()), made.front().files.size());
-        if (overlay) {
-            std::string layers;
-            for (const auto& l : overlay->layers()) {
-                const auto info = l->info();
-                layers += (layers.empty() ? "" : ", ") + l->name() + " " +
-                          std::to_string(info.chunks) + " chunk(s)";
-            }
-            spdlog::info("source '{}': overlay {} ({}){}; the source itself in {}@pristine",
-                         s.name, overlay->dir(), layers,
-                         writable ? ", disk.raw writes to " + w->second : ", read-only", s.name);
-        }
-        for (MountedFolder& f : made)
-            folders.push_back(std::move(f));
     }
+    if (!args.bus.empty())
+        core->restore();
 
+    int rc = exit_ok;
     try {
         prepare_mount_point(args.mount_point);
-        FuseFrontend frontend(
-            FuseOptions{args.mount_point, args.splice, args.threads, 1024, args.fuse_debug},
-            std::move(folders));
-        frontend.run();
+        table.frontend->run();
     } catch (const MountError& e) {
         spdlog::error("{}", e.what());
-        return exit_mount;
+        rc = exit_mount;
     } catch (const std::exception& e) {
         spdlog::error("{}", e.what());
-        return exit_failure;
+        rc = exit_failure;
     }
-    return exit_ok;
+    ::sd_notify(0, "STOPPING=1");
+    core->stop();
+    service.reset();
+    core.reset();
+    return rc;
 }

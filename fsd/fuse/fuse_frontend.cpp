@@ -15,6 +15,9 @@
 #include <fstream>
 #include <fuse_lowlevel.h>
 #include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <unordered_map>
 #include <unordered_set>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -37,16 +40,19 @@ struct Version {
     uint64_t allocated = 0; // bytes in Data/Zero extents
 };
 using VersionPtr = std::shared_ptr<Version>;
+struct Node;
+using NodePtr = std::shared_ptr<Node>;
 
 struct Node {
     fuse_ino_t ino;
     fuse_ino_t parent;
     std::string name;
+    std::string folder;               // the folder's name, for messages ("" for the root)
     bool is_dir;
     DevicePtr device;                 // files only, as given
     std::shared_ptr<LiveFile> live;   // remade when its generation moves
     bool writable = false;
-    std::vector<fuse_ino_t> children; // folders only
+    std::vector<fuse_ino_t> children; // folders only; guarded by Impl::tree_mutex
 
     // The device reads go to: null for a view to prepare (prepared_view.h)
     // until its first open has prepared it.
@@ -71,35 +77,47 @@ VersionPtr make_version(DevicePtr device) {
     return v;
 }
 
-// What an open file reads from: fuse_file_info::fh holds one of these.
-VersionPtr& handle(struct fuse_file_info* fi) { return *reinterpret_cast<VersionPtr*>(fi->fh); }
+// What an open file reads from: fuse_file_info::fh holds one of these. It
+// keeps its node too: the file's folder may be taken out of the tree while
+// it is open, and reads go on as on an unlinked file.
+struct Handle {
+    VersionPtr version;
+    NodePtr node;
+};
+Handle& handle(struct fuse_file_info* fi) { return *reinterpret_cast<Handle*>(fi->fh); }
 
 } // namespace
 
 struct FuseFrontend::Impl {
     FuseOptions options;
-    std::vector<std::unique_ptr<Node>> nodes; // nodes[ino - 1]
+    // The tree. Folders come and go while mounted (sources added and removed
+    // over the control API); inode numbers are never reused, so a removed
+    // inode simply stops resolving. Open files keep their version.
+    mutable std::shared_mutex tree_mutex;
+    std::unordered_map<fuse_ino_t, NodePtr> nodes;
+    fuse_ino_t next_ino = 1;
     struct timespec mount_time {};
     uid_t uid = ::getuid();
     gid_t gid = ::getgid();
     bool any_writable = false;
 
-    struct fuse_session* session = nullptr; // set while the loop runs
+    static constexpr fuse_ino_t root_ino = FUSE_ROOT_ID;
+    std::atomic<struct fuse_session*> session = nullptr; // set while the loop runs
 
     // The handles of open files. A file still open when the mount goes away
     // (a loop device over disk.raw, a lazy unmount) gets no release: what is
     // left here is freed when the loop ends.
     std::mutex handles_mutex;
-    std::unordered_set<VersionPtr*> handles;
+    std::unordered_set<Handle*> handles;
 
-    uint64_t new_handle(VersionPtr v) {
-        auto* h = new VersionPtr(std::move(v));
+    uint64_t new_handle(VersionPtr v, NodePtr n) {
+        auto* h = new Handle{std::move(v), std::move(n)};
         std::lock_guard<std::mutex> lock(handles_mutex);
         handles.insert(h);
         return reinterpret_cast<uint64_t>(h);
     }
     void free_handle(uint64_t fh) {
-        auto* h = reinterpret_cast<VersionPtr*>(fh);
+        auto* h = reinterpret_cast<Handle*>(fh);
         {
             std::lock_guard<std::mutex> lock(handles_mutex);
             handles.erase(h);
@@ -108,22 +126,38 @@ struct FuseFrontend::Impl {
     }
     void free_all_handles() {
         std::lock_guard<std::mutex> lock(handles_mutex);
-        for (VersionPtr* h : handles)
+        for (Handle* h : handles)
             delete h;
         handles.clear();
     }
 
-    Node* node(fuse_ino_t ino) const {
-        if (ino == 0 || ino > nodes.size())
-            return nullptr;
-        return nodes[ino - 1].get();
+    NodePtr node(fuse_ino_t ino) const {
+        std::shared_lock lock(tree_mutex);
+        const auto it = nodes.find(ino);
+        return it == nodes.end() ? nullptr : it->second;
     }
 
-    fuse_ino_t add(fuse_ino_t parent, std::string name, bool is_dir, MountedFile file) {
-        auto n = std::make_unique<Node>();
-        n->ino = nodes.size() + 1;
+    // The child of `parent` named `name`; the caller holds tree_mutex.
+    NodePtr child_locked(fuse_ino_t parent, std::string_view name) const {
+        const auto p = nodes.find(parent);
+        if (p == nodes.end())
+            return nullptr;
+        for (fuse_ino_t c : p->second->children) {
+            const NodePtr& n = nodes.at(c);
+            if (n->name == name)
+                return n;
+        }
+        return nullptr;
+    }
+
+    // Adds a node; the caller holds tree_mutex exclusively.
+    fuse_ino_t add_locked(fuse_ino_t parent, std::string name, bool is_dir, MountedFile file) {
+        auto n = std::make_shared<Node>();
+        n->ino = next_ino++;
         n->parent = parent;
         n->name = std::move(name);
+        if (parent != 0 && parent != root_ino)
+            n->folder = nodes.at(parent)->name;
         n->is_dir = is_dir;
         n->device = std::move(file.device);
         n->live = std::move(file.live);
@@ -137,10 +171,21 @@ struct FuseFrontend::Impl {
             n->generation = n->live ? n->live->generation() : 0;
         }
         const fuse_ino_t ino = n->ino;
-        nodes.push_back(std::move(n));
+        nodes.emplace(ino, std::move(n));
         if (parent != 0)
-            nodes[parent - 1]->children.push_back(ino);
+            nodes.at(parent)->children.push_back(ino);
         return ino;
+    }
+
+    // Tells the kernel to forget a name it may have cached (a folder taken
+    // out, a file added where a lookup failed). Only while the loop runs,
+    // and never with tree_mutex held: the kernel may call back into us.
+    void forget_entry(fuse_ino_t parent, const std::string& name) {
+        if (!session || fuse_session_exited(session))
+            return;
+        const int rc = fuse_lowlevel_notify_inval_entry(session, parent, name.c_str(), name.size());
+        if (rc != 0 && rc != -ENOENT)
+            spdlog::debug("invalidating '{}' in the kernel: {}", name, errno_text(-rc));
     }
 
     uint64_t allocated_bytes(Version& v) const {
@@ -188,16 +233,16 @@ struct FuseFrontend::Impl {
         if (prepared_view_of(*device)) {
             if (!may_prepare)
                 return n.version();
-            const auto log = logged_progress(n.name + " of '" + nodes[n.parent - 1]->name + "'");
+            const auto log = logged_progress(n.name + " of '" + n.folder + "'");
             // A long pass (compressing a large disk) must not hold up a
             // SIGTERM: once the session is exiting, the pass is cancelled.
             auto progress = [this, &log](uint64_t done, uint64_t total) {
-                if (session && fuse_session_exited(session))
+                if (fuse_session* se = session.load(); se && fuse_session_exited(se))
                     throw Error("preparation cancelled: the daemon is stopping", ECANCELED);
                 log(done, total);
             };
             device = prepared(device, progress);
-            spdlog::info("{} of '{}': ready, {} bytes", n.name, nodes[n.parent - 1]->name,
+            spdlog::info("{} of '{}': ready, {} bytes", n.name, n.folder,
                          device->size());
         }
         VersionPtr v = make_version(std::move(device));
@@ -237,7 +282,7 @@ struct FuseFrontend::Impl {
         try {
             return refresh(n, false);
         } catch (const std::exception& e) {
-            spdlog::warn("{} of '{}': {}", n.name, nodes[n.parent - 1]->name, e.what());
+            spdlog::warn("{} of '{}': {}", n.name, n.folder, e.what());
             return n.version();
         }
     }
@@ -282,38 +327,40 @@ void op_init(void* userdata, struct fuse_conn_info* conn) {
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     auto& impl = FuseFrontend::Impl::of(req);
     impl.tune_read_ahead();
-    Node* p = impl.node(parent);
-    if (!p || !p->is_dir) {
-        fuse_reply_err(req, ENOTDIR);
-        return;
-    }
-    for (fuse_ino_t c : p->children) {
-        Node* n = impl.node(c);
-        if (n->name == name) {
-            const VersionPtr v = impl.stat_version(*n);
-            struct fuse_entry_param e {};
-            e.ino = n->ino;
-            e.generation = 1;
-            e.attr = impl.stat_of(*n, v);
-            e.attr_timeout = n->is_dir ? attr_timeout : n->timeout(v);
-            e.entry_timeout = e.attr_timeout;
-            fuse_reply_entry(req, &e);
+    NodePtr n;
+    {
+        std::shared_lock lock(impl.tree_mutex);
+        const auto p = impl.nodes.find(parent);
+        if (p == impl.nodes.end() || !p->second->is_dir) {
+            fuse_reply_err(req, p == impl.nodes.end() ? ENOENT : ENOTDIR);
             return;
         }
+        n = impl.child_locked(parent, name);
     }
-    fuse_reply_err(req, ENOENT);
+    if (!n) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    const VersionPtr v = impl.stat_version(*n);
+    struct fuse_entry_param e {};
+    e.ino = n->ino;
+    e.generation = 1;
+    e.attr = impl.stat_of(*n, v);
+    e.attr_timeout = n->is_dir ? attr_timeout : n->timeout(v);
+    e.entry_timeout = e.attr_timeout;
+    fuse_reply_entry(req, &e);
 }
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     auto& impl = FuseFrontend::Impl::of(req);
     impl.tune_read_ahead();
-    Node* n = impl.node(ino);
+    const NodePtr n = impl.node(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
         return;
     }
     // fstat(2) of an open file: the version that file reads.
-    const VersionPtr v = fi && fi->fh && !n->is_dir ? handle(fi) : impl.stat_version(*n);
+    const VersionPtr v = fi && fi->fh && !n->is_dir ? handle(fi).version : impl.stat_version(*n);
     const struct stat st = impl.stat_of(*n, v);
     fuse_reply_attr(req, &st, n->is_dir ? attr_timeout : n->timeout(v));
 }
@@ -321,7 +368,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
                 struct fuse_file_info*) {
     auto& impl = FuseFrontend::Impl::of(req);
-    Node* n = impl.node(ino);
+    const NodePtr n = impl.node(ino);
     if (!n || !n->writable) {
         fuse_reply_err(req, n ? EROFS : ENOENT);
         return;
@@ -333,7 +380,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
         (!v || static_cast<uint64_t>(attr->st_size) != v->device->size())) {
         spdlog::warn("{} of '{}': refused a change of size to {} (a disk cannot be truncated or "
                      "grown; dd needs conv=notrunc)",
-                     n->name, impl.node(n->parent)->name, attr->st_size);
+                     n->name, n->folder, attr->st_size);
         fuse_reply_err(req, EPERM);
         return;
     }
@@ -342,7 +389,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
 }
 
 void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-    const Node* n = FuseFrontend::Impl::of(req).node(ino);
+    const NodePtr n = FuseFrontend::Impl::of(req).node(ino);
     if (!n)
         fuse_reply_err(req, ENOENT);
     else if (!n->is_dir)
@@ -353,34 +400,39 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
 
 void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info*) {
     auto& impl = FuseFrontend::Impl::of(req);
-    const Node* n = impl.node(ino);
-    if (!n || !n->is_dir) {
-        fuse_reply_err(req, ENOTDIR);
-        return;
-    }
     // Entry i of ".", "..", children...; `off` is the index of the next one.
+    // A folder added or removed between two calls may shift the entries
+    // after it, as on any directory that changes while it is read.
+    struct Entry {
+        std::string name;
+        fuse_ino_t ino;
+        bool is_dir;
+    };
+    std::vector<Entry> entries;
+    {
+        std::shared_lock lock(impl.tree_mutex);
+        const auto it = impl.nodes.find(ino);
+        if (it == impl.nodes.end() || !it->second->is_dir) {
+            fuse_reply_err(req, ENOTDIR);
+            return;
+        }
+        const Node& n = *it->second;
+        entries.push_back({".", n.ino, true});
+        entries.push_back({"..", n.parent ? n.parent : n.ino, true});
+        for (fuse_ino_t c : n.children) {
+            const Node& child = *impl.nodes.at(c);
+            entries.push_back({child.name, child.ino, child.is_dir});
+        }
+    }
     std::vector<char> buf(size);
     size_t used = 0;
-    const size_t total = n->children.size() + 2;
-    for (size_t i = static_cast<size_t>(off); i < total; ++i) {
+    for (size_t i = static_cast<size_t>(off); i < entries.size(); ++i) {
         struct stat st {};
-        std::string name;
-        if (i == 0) {
-            name = ".";
-            st.st_ino = n->ino;
-            st.st_mode = S_IFDIR;
-        } else if (i == 1) {
-            name = "..";
-            st.st_ino = n->parent ? n->parent : n->ino;
-            st.st_mode = S_IFDIR;
-        } else {
-            const Node* c = impl.node(n->children[i - 2]);
-            name = c->name;
-            st.st_ino = c->ino;
-            st.st_mode = c->is_dir ? S_IFDIR : S_IFREG;
-        }
-        const size_t need = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(),
-                                              &st, static_cast<off_t>(i + 1));
+        st.st_ino = entries[i].ino;
+        st.st_mode = entries[i].is_dir ? S_IFDIR : S_IFREG;
+        const size_t need = fuse_add_direntry(req, buf.data() + used, size - used,
+                                              entries[i].name.c_str(), &st,
+                                              static_cast<off_t>(i + 1));
         if (need > size - used)
             break;
         used += need;
@@ -390,7 +442,7 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct f
 
 void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     auto& impl = FuseFrontend::Impl::of(req);
-    Node* n = impl.node(ino);
+    const NodePtr n = impl.node(ino);
     if (!n) {
         fuse_reply_err(req, ENOENT);
         return;
@@ -407,7 +459,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     if (fi->flags & O_TRUNC) {
         spdlog::warn("{} of '{}': refused an open with O_TRUNC (a disk cannot be truncated; dd "
                      "needs conv=notrunc)",
-                     n->name, impl.node(n->parent)->name);
+                     n->name, n->folder);
         fuse_reply_err(req, EPERM);
         return;
     }
@@ -416,11 +468,11 @@ void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
         v = impl.refresh(*n, true);
     } catch (const std::exception& e) {
         const auto* err = dynamic_cast<const Error*>(&e);
-        spdlog::error("preparing {} of '{}': {}", n->name, impl.node(n->parent)->name, e.what());
+        spdlog::error("preparing {} of '{}': {}", n->name, n->folder, e.what());
         fuse_reply_err(req, err ? err->error_number() : EIO);
         return;
     }
-    fi->fh = impl.new_handle(std::move(v));
+    fi->fh = impl.new_handle(std::move(v), n);
     // The kernel keeps one page cache per inode, shared by every open: pages
     // a later open reads from a newer version would be served to this one.
     // So reads of a live file bypass it and each reaches its own version.
@@ -434,14 +486,11 @@ void op_release(fuse_req_t req, fuse_ino_t, struct fuse_file_info* fi) {
     fuse_reply_err(req, 0);
 }
 
-void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
+void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, struct fuse_file_info* fi) {
     auto& impl = FuseFrontend::Impl::of(req);
-    const Node* n = impl.node(ino);
-    if (!n || n->is_dir) {
-        fuse_reply_err(req, n ? EISDIR : ENOENT);
-        return;
-    }
-    BlockDevice& dev = *handle(fi)->device;
+    const Handle& h = handle(fi);
+    const Node* n = h.node.get();
+    BlockDevice& dev = *h.version->device;
     const uint64_t offset = static_cast<uint64_t>(off);
     const uint64_t file_size = dev.size();
     if (offset >= file_size) {
@@ -476,17 +525,13 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse
     }
 }
 
-void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info* fi) {
-    const Node* n = FuseFrontend::Impl::of(req).node(ino);
-    if (!n || n->is_dir) {
-        fuse_reply_err(req, EINVAL);
-        return;
-    }
+void op_lseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, struct fuse_file_info* fi) {
+    const Node* n = handle(fi).node.get();
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
         fuse_reply_err(req, EINVAL); // SEEK_SET/CUR/END are handled by the kernel
         return;
     }
-    BlockDevice& dev = *handle(fi)->device;
+    BlockDevice& dev = *handle(fi).version->device;
     const uint64_t size = dev.size();
     const uint64_t offset = static_cast<uint64_t>(off);
     if (off < 0 || offset >= size) {
@@ -517,7 +562,8 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
     sv.f_bsize = 4096;
     sv.f_frsize = 4096;
     uint64_t bytes = 0;
-    for (const auto& n : impl.nodes)
+    std::shared_lock lock(impl.tree_mutex);
+    for (const auto& [ino, n] : impl.nodes)
         if (!n->is_dir)
             if (const VersionPtr v = n->version())
                 bytes += v->device->size();
@@ -527,15 +573,15 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
     fuse_reply_statfs(req, &sv);
 }
 
-void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+void op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               struct fuse_file_info* fi) {
-    auto& impl = FuseFrontend::Impl::of(req);
-    const Node* n = impl.node(ino);
-    if (!n || n->is_dir || !n->writable) {
-        fuse_reply_err(req, n ? EROFS : ENOENT);
+    const Handle& h = handle(fi);
+    const Node* n = h.node.get();
+    if (!n->writable) {
+        fuse_reply_err(req, EROFS);
         return;
     }
-    BlockDevice& dev = *handle(fi)->device;
+    BlockDevice& dev = *h.version->device;
     const uint64_t offset = static_cast<uint64_t>(off);
     // As on a block device: a write crossing the end is cut there, one at
     // or past the end has no room.
@@ -558,15 +604,11 @@ void op_flush(fuse_req_t req, fuse_ino_t, struct fuse_file_info*) {
     fuse_reply_err(req, 0);
 }
 
-void op_fsync(fuse_req_t req, fuse_ino_t ino, int, struct fuse_file_info* fi) {
-    auto& impl = FuseFrontend::Impl::of(req);
-    const Node* n = impl.node(ino);
-    if (!n || n->is_dir) {
-        fuse_reply_err(req, n ? 0 : ENOENT);
-        return;
-    }
+void op_fsync(fuse_req_t req, fuse_ino_t, int, struct fuse_file_info* fi) {
+    const Handle& h = handle(fi);
+    const Node* n = h.node.get();
     try {
-        handle(fi)->device->flush();
+        h.version->device->flush();
         fuse_reply_err(req, 0);
     } catch (const std::exception& e) {
         reply_error(req, *n, "fsync of", 0, 0, e);
@@ -632,15 +674,70 @@ FuseFrontend::FuseFrontend(FuseOptions options, std::vector<MountedFolder> folde
     : impl_(std::make_unique<Impl>()) {
     impl_->options = std::move(options);
     ::clock_gettime(CLOCK_REALTIME, &impl_->mount_time);
-    const fuse_ino_t root = impl_->add(0, "", true, {});
-    for (auto& folder : folders) {
-        const fuse_ino_t dir = impl_->add(root, folder.name, true, {});
+    {
+        std::unique_lock lock(impl_->tree_mutex);
+        impl_->add_locked(0, "", true, {});
+    }
+    for (auto& folder : folders)
+        add_folder(std::move(folder));
+}
+
+void FuseFrontend::add_folder(MountedFolder folder) {
+    Impl& impl = *impl_;
+    {
+        std::unique_lock lock(impl.tree_mutex);
+        if (impl.child_locked(Impl::root_ino, folder.name))
+            throw InvalidArgument("the mount has a folder named '" + folder.name + "' already");
+        std::set<std::string_view> names;
+        for (const MountedFile& f : folder.files)
+            if (!names.insert(f.name).second)
+                throw InvalidArgument("two files named '" + f.name + "' in folder '" +
+                                      folder.name + "'");
+        const fuse_ino_t dir = impl.add_locked(Impl::root_ino, folder.name, true, {});
         for (auto& file : folder.files) {
             std::string name = std::move(file.name);
-            impl_->add(dir, std::move(name), false, std::move(file));
+            impl.add_locked(dir, std::move(name), false, std::move(file));
         }
     }
+    impl.forget_entry(Impl::root_ino, folder.name);
 }
+
+void FuseFrontend::add_file(const std::string& folder, MountedFile file) {
+    Impl& impl = *impl_;
+    fuse_ino_t dir = 0;
+    const std::string name = file.name;
+    {
+        std::unique_lock lock(impl.tree_mutex);
+        const NodePtr d = impl.child_locked(Impl::root_ino, folder);
+        if (!d)
+            throw InvalidArgument("the mount has no folder named '" + folder + "'");
+        if (impl.child_locked(d->ino, name))
+            throw InvalidArgument("folder '" + folder + "' has a file named '" + name +
+                                  "' already");
+        dir = d->ino;
+        impl.add_locked(dir, name, false, std::move(file));
+    }
+    impl.forget_entry(dir, name);
+}
+
+bool FuseFrontend::remove_folder(const std::string& folder) {
+    Impl& impl = *impl_;
+    {
+        std::unique_lock lock(impl.tree_mutex);
+        const NodePtr d = impl.child_locked(Impl::root_ino, folder);
+        if (!d)
+            return false;
+        for (fuse_ino_t c : d->children)
+            impl.nodes.erase(c);
+        auto& siblings = impl.nodes.at(Impl::root_ino)->children;
+        siblings.erase(std::find(siblings.begin(), siblings.end(), d->ino));
+        impl.nodes.erase(d->ino);
+    }
+    impl.forget_entry(Impl::root_ino, folder);
+    return true;
+}
+
+const std::string& FuseFrontend::mount_point() const { return impl_->options.mount_point; }
 
 FuseFrontend::~FuseFrontend() = default;
 
@@ -689,8 +786,14 @@ void FuseFrontend::run() {
         throw MountError("mount point " + o.mount_point + ": FUSE mount failed", EIO);
     guard.mounted = true;
     impl_->find_read_ahead_path(canonical);
-    spdlog::info("ready: {} folder(s) mounted at {}", impl_->node(1)->children.size(),
-                 o.mount_point);
+    size_t folders = 0;
+    {
+        std::shared_lock lock(impl_->tree_mutex);
+        folders = impl_->nodes.at(Impl::root_ino)->children.size();
+    }
+    spdlog::info("ready: {} folder(s) mounted at {}", folders, o.mount_point);
+    if (o.on_ready)
+        o.on_ready();
 
     struct fuse_loop_config* cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(cfg, 1);

@@ -10,15 +10,16 @@
 // current device was made, and each open drops the kernel's cached pages.
 //
 // Thread model: libfuse's multithreaded loop calls the operations from up to
-// `max_threads` worker threads at once. The tree of inodes is built before
-// mounting and never changes, so operations share it without locks; the
-// devices behind the files are safe for concurrent readers. What changes —
+// `max_threads` worker threads at once. The tree of inodes changes only when
+// folders or files are added or removed (a reader-writer lock); the devices
+// behind the files are safe for concurrent readers. What changes —
 // a file's current device, made at the first open (a view to prepare) or
 // when a live file's generation moves — is guarded by a mutex per file.
 #pragma once
 
 #include "block/block_device.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,7 @@ struct MountedFile {
     DevicePtr device;              // the device at mount time
     std::shared_ptr<LiveFile> live = {}; // set: remade on open when its generation moves
     bool writable = false;         // opens for writing are allowed; writes go to device
+    std::string format = {};       // the view format that made it, for listings
 };
 
 struct MountedFolder {
@@ -53,6 +55,9 @@ struct FuseOptions {
     unsigned max_threads = 8;      // worker threads of the FUSE loop
     unsigned read_ahead_kb = 1024; // raised on the mount's bdi after mounting
     bool debug = false;            // libfuse's own request trace
+    // Called once mounted, before the first request is served (from run()'s
+    // thread); an exception unmounts and leaves run() with it.
+    std::function<void()> on_ready = {};
 };
 
 class FuseFrontend {
@@ -65,6 +70,16 @@ public:
     // Mounts, serves until SIGINT/SIGTERM/SIGHUP or an external unmount,
     // then unmounts. Throws MountError when the mount fails.
     void run();
+
+    // The tree may change before and while run() serves, from any thread.
+    // A folder's name is unique in the root, a file's in its folder; a
+    // clash throws InvalidArgument. The kernel is told to forget the names
+    // it may have cached. Files still open in a removed folder keep reading
+    // from what they opened.
+    void add_folder(MountedFolder folder);
+    void add_file(const std::string& folder, MountedFile file);
+    bool remove_folder(const std::string& folder); // false: no such folder
+    const std::string& mount_point() const;
 
     struct Impl;
 

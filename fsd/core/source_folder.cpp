@@ -1,4 +1,4 @@
-#include "daemon/source_folder.h"
+#include "core/source_folder.h"
 
 #include "common/error.h"
 #include "formats/prepared_view.h"
@@ -9,26 +9,6 @@
 #include <spdlog/spdlog.h>
 
 namespace p2vfs {
-
-std::vector<ViewSpec> view_specs_for(const DaemonArgs& args, const std::string& name) {
-    std::vector<ViewSpec> specs;
-    static const std::map<std::string, std::string> none;
-    auto add_default = [&](const Format* f) {
-        auto it = args.format_options.find(std::string(f->name));
-        specs.push_back({f, {}, it == args.format_options.end() ? none : it->second, false});
-    };
-    if (args.default_formats_given) {
-        for (const std::string& f : args.default_formats)
-            add_default(find_format(f));
-    } else {
-        for (const Format* f : format_table())
-            add_default(f);
-    }
-    for (const ViewArg& v : args.views)
-        if (v.source == name)
-            specs.push_back({find_format(v.format), v.file, v.options, true});
-    return specs;
-}
 
 namespace {
 
@@ -110,9 +90,11 @@ MountedFolder make_folder(const std::string& name, const DevicePtr& source,
 MountedFolder build_folder(const std::string& name, const DevicePtr& source,
                            const std::vector<ViewSpec>& specs) {
     return make_folder(name, source, specs,
-                       [](MountedFolder& folder, const ViewSpec&, std::vector<ViewFile> files) {
+                       [](MountedFolder& folder, const ViewSpec& spec, std::vector<ViewFile> files) {
                            for (ViewFile& f : files)
-                               folder.files.push_back({std::move(f.name), std::move(f.device)});
+                               folder.files.push_back({std::move(f.name), std::move(f.device),
+                                                       nullptr, false,
+                                                       std::string(spec.format->name)});
                        });
 }
 
@@ -130,6 +112,7 @@ MountedFolder build_overlay_folder(const std::string& name, const OverlayPtr& ov
                 if (!raw)
                     f.live = std::make_shared<LiveViewFile>(factory, i);
                 f.writable = raw && writable;
+                f.format = std::string(spec.format->name);
                 folder.files.push_back(std::move(f));
             }
         });

@@ -2,7 +2,6 @@
 #pragma once
 
 #include "block/block_device.h"
-#include "daemon/command_line.h"
 #include "formats/format.h"
 #include "fuse/fuse_frontend.h"
 #include "overlay/overlay.h"
@@ -19,10 +18,6 @@ struct ViewSpec {
     std::map<std::string, std::string> options;
     bool asked_for = false; // named by --view: a failure is an error, not a warning
 };
-
-// The views of source `name`: the default formats (with --option values)
-// followed by its --view entries.
-std::vector<ViewSpec> view_specs_for(const DaemonArgs& args, const std::string& name);
 
 // Makes the files of every spec. A default view the disk does not fit is
 // left out with a warning naming the limit; an asked-for one throws. Throws

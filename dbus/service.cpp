@@ -1,0 +1,453 @@
+#include "dbus/service.h"
+
+#include "formats/format.h"
+#include "p2vfs/job_adaptor.h"
+#include "p2vfs/manager_adaptor.h"
+#include "p2vfs/source_adaptor.h"
+
+#include <csignal>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <poll.h>
+#include <sdbus-c++/sdbus-c++.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <thread>
+#include <unistd.h>
+
+namespace p2vfs {
+
+namespace {
+
+using Options = std::map<std::string, sdbus::Variant>;
+
+// Runs a method's body, turning the core's errors into org.p2vfs.Error.*.
+template <typename Body> auto answer(const char* method, Body body) -> decltype(body()) {
+    auto fail = [&](const char* name, const std::string& message) -> sdbus::Error {
+        spdlog::debug("D-Bus {}: {}{}: {}", method, dbus_error_prefix, name, message);
+        return sdbus::Error(std::string(dbus_error_prefix) + name, message);
+    };
+    try {
+        return body();
+    } catch (const AccessDenied& e) {
+        throw fail("AccessDenied", e.what());
+    } catch (const NotFound& e) {
+        throw fail("NotFound", e.what());
+    } catch (const AlreadyExists& e) {
+        throw fail("AlreadyExists", e.what());
+    } catch (const Busy& e) {
+        throw fail("Busy", e.what());
+    } catch (const InvalidState& e) {
+        throw fail("InvalidState", e.what());
+    } catch (const UnknownFormat& e) {
+        throw fail("UnknownFormat", e.what());
+    } catch (const InvalidArgument& e) {
+        throw fail("InvalidArgument", e.what());
+    } catch (const SourceFailed& e) {
+        throw fail("SourceFailed", e.what());
+    } catch (const sdbus::Error& e) {
+        // A variant of the wrong type, read in an options dictionary.
+        throw fail("InvalidArgument", e.getMessage());
+    } catch (const std::exception& e) {
+        throw fail("Failed", e.what());
+    }
+}
+
+template <typename T>
+T option(const Options& options, const std::string& key, const char* type, T fallback) {
+    const auto it = options.find(key);
+    if (it == options.end())
+        return fallback;
+    if (!it->second.containsValueOfType<T>())
+        throw InvalidArgument("option '" + key + "' must be of D-Bus type " + type + ", not " +
+                              it->second.peekValueType());
+    return it->second.get<T>();
+}
+
+void check_known(const Options& options, std::initializer_list<const char*> known) {
+    if (options.size() > Limits::options)
+        throw InvalidArgument("too many options");
+    for (const auto& [key, value] : options) {
+        bool ok = false;
+        for (const char* k : known)
+            ok = ok || key == k;
+        if (!ok) {
+            std::string list;
+            for (const char* k : known)
+                list += (list.empty() ? "" : ", ") + std::string(k);
+            throw InvalidArgument("unknown option '" + key.substr(0, Limits::name) +
+                                  "' (known: " + list + ")");
+        }
+    }
+}
+
+// What the caller of the call being served may do.
+Caller caller_of(const sdbus::IObject& object) {
+    const sdbus::Message* m = object.getCurrentlyProcessedMessage();
+    if (!m)
+        throw AccessDenied("the caller cannot be identified");
+    return Caller::from_uid(m->getCredsUid());
+}
+
+} // namespace
+
+// ---- objects ---------------------------------------------------------------
+
+namespace {
+
+class RootObject : public sdbus::AdaptorInterfaces<sdbus::ObjectManager_adaptor> {
+public:
+    RootObject(sdbus::IConnection& c) : AdaptorInterfaces(c, dbus_root_path) { registerAdaptor(); }
+    ~RootObject() { unregisterAdaptor(); }
+};
+
+class ManagerObject
+    : public sdbus::AdaptorInterfaces<org::p2vfs1::Manager_adaptor, sdbus::ManagedObject_adaptor,
+                                      sdbus::Properties_adaptor> {
+public:
+    ManagerObject(sdbus::IConnection& c, Core& core)
+        : AdaptorInterfaces(c, std::string(dbus_root_path) + "/Manager"), core_(core) {
+        registerAdaptor();
+    }
+    virtual ~ManagerObject() { unregisterAdaptor(); }
+
+private:
+    sdbus::ObjectPath AddSource(const std::string& name, const std::string& uri,
+                                const Options& options) override {
+        return answer("AddSource", [&] {
+            check_known(options, {"views", "persist"});
+            AddSourceOptions o;
+            if (options.count("views"))
+                o.formats = option<std::vector<std::string>>(options, "views", "as", {});
+            o.persist = option<bool>(options, "persist", "b", true);
+            const SourceInfo info = core_.add_source(caller_of(getObject()), name, uri, o);
+            return sdbus::ObjectPath(source_object_path(info.name));
+        });
+    }
+    void RemoveSource(const std::string& name, const Options& options) override {
+        answer("RemoveSource", [&] {
+            check_known(options, {});
+            core_.remove_source(caller_of(getObject()), name);
+        });
+    }
+    std::vector<sdbus::ObjectPath> ListSources() override {
+        return answer("ListSources", [&] {
+            std::vector<sdbus::ObjectPath> out;
+            for (const SourceInfo& s : core_.sources())
+                out.emplace_back(source_object_path(s.name));
+            return out;
+        });
+    }
+    std::vector<sdbus::ObjectPath> ListJobs() override {
+        return answer("ListJobs", [&] {
+            std::vector<sdbus::ObjectPath> out;
+            for (const JobInfo& j : core_.jobs())
+                out.emplace_back(job_object_path(j.id));
+            return out;
+        });
+    }
+    std::vector<sdbus::Struct<std::string, std::string, std::string>> ListFormats() override {
+        std::vector<sdbus::Struct<std::string, std::string, std::string>> out;
+        for (const Format* f : format_table())
+            out.emplace_back(std::string(f->name), std::string(f->file_name),
+                             std::string(f->description));
+        return out;
+    }
+    std::string Version() override { return P2VFS_VERSION; }
+    std::string MountPoint() override { return core_.options().mount_point; }
+    std::string StateDirectory() override { return core_.options().state_dir; }
+
+    Core& core_;
+};
+
+class SourceObject
+    : public sdbus::AdaptorInterfaces<org::p2vfs1::Source_adaptor, sdbus::ManagedObject_adaptor,
+                                      sdbus::Properties_adaptor> {
+public:
+    SourceObject(sdbus::IConnection& c, Core& core, std::string name)
+        : AdaptorInterfaces(c, source_object_path(name)), core_(core), name_(std::move(name)) {
+        registerAdaptor();
+        emitInterfacesAddedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+    }
+    virtual ~SourceObject() {
+        emitInterfacesRemovedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+        unregisterAdaptor();
+    }
+    void views_changed() {
+        emitPropertiesChangedSignal(org::p2vfs1::Source_adaptor::INTERFACE_NAME, {"Views"});
+    }
+
+private:
+    SourceInfo info() {
+        return answer("Get", [&] { return core_.source(name_); });
+    }
+    std::string Expose(const std::string& format, const std::string& file,
+                       const std::map<std::string, std::string>& options) override {
+        return answer("Expose", [&] {
+            return core_.expose(caller_of(getObject()), name_, {format, file, options}).path;
+        });
+    }
+    sdbus::ObjectPath Materialize(const std::string& view, const std::string& destination,
+                                  const Options& options) override {
+        return answer("Materialize", [&] {
+            check_known(options, {"parallel", "bandwidth", "verify", "block-size"});
+            MaterializeOptions o;
+            o.parallel = option<uint32_t>(options, "parallel", "u", o.parallel);
+            o.bandwidth = option<uint64_t>(options, "bandwidth", "t", o.bandwidth);
+            o.verify = option<bool>(options, "verify", "b", o.verify);
+            o.block_size = option<uint64_t>(options, "block-size", "t", o.block_size);
+            const std::string id =
+                core_.materialize(caller_of(getObject()), name_, view, destination, o);
+            return sdbus::ObjectPath(job_object_path(id));
+        });
+    }
+    std::string Name() override { return name_; }
+    std::string URI() override { return info().uri; }
+    uint64_t Size() override { return info().size; }
+    uint64_t AllocatedBytes() override { return info().allocated; }
+    std::vector<sdbus::Struct<std::string, std::string, std::string>> Views() override {
+        std::vector<sdbus::Struct<std::string, std::string, std::string>> out;
+        for (const ViewInfo& v : info().views)
+            out.emplace_back(v.file, v.format, v.path);
+        return out;
+    }
+    std::string Overlay() override { return info().overlay; }
+    uint64_t OverlayBytes() override { return info().overlay_bytes; }
+    bool Persistent() override { return info().persistent; }
+
+    Core& core_;
+    std::string name_;
+};
+
+class JobObject
+    : public sdbus::AdaptorInterfaces<org::p2vfs1::Job_adaptor, sdbus::ManagedObject_adaptor,
+                                      sdbus::Properties_adaptor> {
+public:
+    JobObject(sdbus::IConnection& c, Core& core, std::string id)
+        : AdaptorInterfaces(c, job_object_path(id)), core_(core), id_(std::move(id)) {
+        registerAdaptor();
+        emitInterfacesAddedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+    }
+    virtual ~JobObject() {
+        emitInterfacesRemovedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+        unregisterAdaptor();
+    }
+    void moved() {
+        emitPropertiesChangedSignal(org::p2vfs1::Job_adaptor::INTERFACE_NAME,
+                                    {"State", "Phase", "BytesTotal", "BytesDone", "BytesCopied",
+                                     "BytesResumed", "BytesWritten", "BytesVerified", "Rate",
+                                     "ETA", "Error"});
+    }
+
+private:
+    JobInfo info() {
+        return answer("Get", [&] { return core_.job(id_); });
+    }
+    void Pause() override {
+        answer("Pause", [&] { core_.pause_job(caller_of(getObject()), id_); });
+    }
+    void Resume() override {
+        answer("Resume", [&] { core_.resume_job(caller_of(getObject()), id_); });
+    }
+    void Cancel() override {
+        answer("Cancel", [&] { core_.cancel_job(caller_of(getObject()), id_); });
+    }
+    void Remove() override {
+        answer("Remove", [&] { core_.remove_job(caller_of(getObject()), id_); });
+    }
+    std::string Id() override { return id_; }
+    std::string Kind() override { return info().kind; }
+    sdbus::ObjectPath Source() override { return source_object_path(info().source); }
+    std::string SourceName() override { return info().source; }
+    std::string View() override { return info().view; }
+    std::string Destination() override { return info().destination; }
+    std::string State() override { return to_string(info().progress.state); }
+    std::string Phase() override { return info().progress.phase; }
+    uint64_t BytesTotal() override { return info().progress.bytes_total; }
+    uint64_t BytesDone() override { return info().progress.bytes_done; }
+    uint64_t BytesCopied() override { return info().progress.bytes_copied; }
+    uint64_t BytesResumed() override { return info().progress.bytes_resumed; }
+    uint64_t BytesWritten() override { return info().progress.bytes_written; }
+    uint64_t BytesVerified() override { return info().progress.bytes_verified; }
+    double Rate() override { return info().progress.rate; }
+    double ETA() override { return info().progress.eta_seconds; }
+    std::string Error() override { return info().progress.error; }
+
+    Core& core_;
+    std::string id_;
+};
+
+} // namespace
+
+// ---- the service -----------------------------------------------------------
+
+struct DbusService::Impl : CoreObserver {
+    Core& core;
+    std::unique_ptr<sdbus::IConnection> connection;
+    std::unique_ptr<RootObject> root;
+    std::unique_ptr<ManagerObject> manager;
+    std::map<std::string, std::unique_ptr<SourceObject>> sources;
+    std::map<std::string, std::unique_ptr<JobObject>> jobs;
+
+    int wake_fd = -1;
+    std::mutex tasks_mutex;
+    std::deque<std::function<void()>> tasks;
+    bool stopping = false;
+    std::thread thread;
+
+    explicit Impl(Core& c) : core(c) {}
+
+    void post(std::function<void()> task) {
+        {
+            std::lock_guard<std::mutex> lock(tasks_mutex);
+            tasks.push_back(std::move(task));
+        }
+        const uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);
+    }
+
+    void run_tasks() {
+        for (;;) {
+            std::function<void()> task;
+            {
+                std::lock_guard<std::mutex> lock(tasks_mutex);
+                if (tasks.empty())
+                    return;
+                task = std::move(tasks.front());
+                tasks.pop_front();
+            }
+            try {
+                task();
+            } catch (const std::exception& e) {
+                spdlog::warn("D-Bus: {}", e.what());
+            }
+        }
+    }
+
+    void loop() {
+        for (;;) {
+            {
+                std::lock_guard<std::mutex> lock(tasks_mutex);
+                if (stopping)
+                    return;
+            }
+            try {
+                do
+                    run_tasks();
+                while (connection->processPendingRequest());
+                const auto pd = connection->getEventLoopPollData();
+                struct pollfd fds[2] = {{pd.fd, pd.events, 0}, {wake_fd, POLLIN, 0}};
+                int timeout = -1;
+                if (pd.timeout_usec != UINT64_MAX) {
+                    struct timespec now {};
+                    ::clock_gettime(CLOCK_MONOTONIC, &now);
+                    const uint64_t now_usec = static_cast<uint64_t>(now.tv_sec) * 1000000 +
+                                              static_cast<uint64_t>(now.tv_nsec) / 1000;
+                    timeout = pd.timeout_usec <= now_usec
+                                  ? 0
+                                  : static_cast<int>(std::min<uint64_t>(
+                                        (pd.timeout_usec - now_usec + 999) / 1000, 60000));
+                }
+                if (::poll(fds, 2, timeout) < 0 && errno != EINTR)
+                    throw Error("poll: " + errno_text(errno));
+                if (fds[1].revents & POLLIN) {
+                    uint64_t n;
+                    [[maybe_unused]] auto r = ::read(wake_fd, &n, sizeof n);
+                }
+            } catch (const std::exception& e) {
+                // The bus is gone (dbus-daemon restarted, connection
+                // dropped): the daemon cannot be controlled any more, so it
+                // stops as on SIGTERM, checkpointing its jobs.
+                spdlog::error("D-Bus connection lost: {}; stopping", e.what());
+                ::kill(::getpid(), SIGTERM);
+                return;
+            }
+        }
+    }
+
+    // CoreObserver: called on any thread; the objects live on the loop's.
+    void source_added(const std::string& name) override {
+        post([this, name] { sources[name] = std::make_unique<SourceObject>(*connection, core, name); });
+    }
+    void source_removed(const std::string& name) override {
+        post([this, name] { sources.erase(name); });
+    }
+    void source_changed(const std::string& name) override {
+        post([this, name] {
+            if (auto it = sources.find(name); it != sources.end())
+                it->second->views_changed();
+        });
+    }
+    void job_added(const std::string& id) override {
+        post([this, id] {
+            if (!jobs.count(id))
+                jobs[id] = std::make_unique<JobObject>(*connection, core, id);
+        });
+    }
+    void job_changed(const std::string& id) override {
+        post([this, id] {
+            if (auto it = jobs.find(id); it != jobs.end())
+                it->second->moved();
+        });
+    }
+    void job_removed(const std::string& id) override {
+        post([this, id] { jobs.erase(id); });
+    }
+};
+
+DbusService::DbusService(Core& core, const std::string& bus) : impl_(std::make_unique<Impl>(core)) {
+    Impl& impl = *impl_;
+    try {
+        if (bus == "system")
+            impl.connection = sdbus::createSystemBusConnection();
+        else if (bus == "session")
+            impl.connection = sdbus::createSessionBusConnection();
+        else
+            impl.connection = sdbus::createSessionBusConnectionWithAddress(bus);
+        impl.connection->requestName(dbus_name);
+    } catch (const sdbus::Error& e) {
+        throw Error("D-Bus " + bus + ": cannot take the name " + dbus_name + ": " + e.getMessage() +
+                        " (" + e.getName() + ")",
+                    EIO);
+    }
+    impl.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (impl.wake_fd < 0)
+        throw Error("eventfd: " + errno_text(errno));
+    impl.root = std::make_unique<RootObject>(*impl.connection);
+    impl.manager = std::make_unique<ManagerObject>(*impl.connection, core);
+    for (const SourceInfo& s : core.sources())
+        impl.sources[s.name] = std::make_unique<SourceObject>(*impl.connection, core, s.name);
+    for (const JobInfo& j : core.jobs())
+        impl.jobs[j.id] = std::make_unique<JobObject>(*impl.connection, core, j.id);
+    core.set_observer(&impl);
+    impl.thread = std::thread([&impl] { impl.loop(); });
+    spdlog::info("D-Bus: serving {} on the {} bus", dbus_name,
+                 bus == "system" || bus == "session" ? bus : "given");
+}
+
+DbusService::~DbusService() {
+    Impl& impl = *impl_;
+    impl.core.set_observer(nullptr);
+    {
+        std::lock_guard<std::mutex> lock(impl.tasks_mutex);
+        impl.stopping = true;
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(impl.wake_fd, &one, sizeof one);
+    if (impl.thread.joinable())
+        impl.thread.join();
+    impl.jobs.clear();
+    impl.sources.clear();
+    impl.manager.reset();
+    impl.root.reset();
+    try {
+        impl.connection->releaseName(dbus_name);
+    } catch (const sdbus::Error&) {
+        // the bus is gone already
+    }
+    ::close(impl.wake_fd);
+}
+
+} // namespace p2vfs

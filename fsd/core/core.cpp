@@ -1,0 +1,893 @@
+#include "core/core.h"
+
+#include "common/file_io.h"
+#include "core/source_folder.h"
+#include "formats/format.h"
+#include "formats/prepared_view.h"
+#include "nbd-bridge/nbd_source.h"
+#include "overlay/overlay.h"
+
+#include <algorithm>
+#include <atomic>
+#include <dirent.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+namespace p2vfs {
+
+using json = nlohmann::json;
+
+struct Core::Source {
+    std::string name;
+    std::string uri;
+    bool persistent = false;
+    std::optional<std::vector<std::string>> formats;
+    std::vector<ExposedView> exposed;
+    DevicePtr source;  // as opened
+    OverlayPtr overlay;
+    DevicePtr disk;    // what the views show: the overlaid disk, or the source
+    bool writable = false;
+    std::vector<MountedFile> files; // the folder's files, for jobs to copy from
+    uint64_t allocated = 0;
+};
+
+struct Core::Job {
+    std::string id;
+    std::string kind = "materialize";
+    std::string source;
+    std::string view;
+    std::string destination;
+    std::string dir;
+    MaterializeOptions options;
+
+    std::mutex mutex; // everything below
+    std::unique_ptr<Materialization> engine; // null until started
+    JobProgress saved{};      // the state job.json holds, shown while there is no engine
+    JobState persisted = JobState::Running;
+    std::thread starter;      // prepares a computed view, then starts the engine
+    std::atomic<bool> abandon{false}; // the starter gives up (cancel, stop)
+    std::string last_reported;
+
+    JobProgress progress() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return engine ? engine->progress() : saved;
+    }
+};
+
+namespace {
+
+constexpr const char* materialize_kind = "materialize";
+
+std::string source_file(const std::string& state_dir, const std::string& name) {
+    return state_dir + "/sources/" + name + ".json";
+}
+
+void check_length(const std::string& what, const std::string& value, size_t limit) {
+    if (value.size() > limit)
+        throw InvalidArgument(what + " is " + std::to_string(value.size()) +
+                              " bytes long; the limit is " + std::to_string(limit));
+}
+
+void check_text(const std::string& what, const std::string& value) {
+    for (unsigned char c : value)
+        if (c < 0x20 || c == 0x7f)
+            throw InvalidArgument(what + " contains a control character");
+}
+
+void check_file_name(const std::string& file) {
+    check_length("file name", file, Limits::file);
+    check_text("file name", file);
+    if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos)
+        throw InvalidArgument("file name '" + file + "': not a plain file name");
+}
+
+// An absolute path without "." or ".." components.
+void check_absolute_path(const std::string& what, const std::string& path) {
+    check_length(what, path, Limits::uri);
+    check_text(what, path);
+    if (path.empty() || path[0] != '/')
+        throw InvalidArgument(what + " '" + path + "': must be an absolute path");
+    size_t start = 1;
+    while (start <= path.size()) {
+        const size_t end = std::min(path.find('/', start), path.size());
+        const std::string_view part(path.data() + start, end - start);
+        if (part == "." || part == "..")
+            throw InvalidArgument(what + " '" + path + "': must not contain '" +
+                                  std::string(part) + "'");
+        start = end + 1;
+    }
+    if (path.size() > 1 && path.back() == '/')
+        throw InvalidArgument(what + " '" + path + "': names a directory, not a file");
+}
+
+std::vector<ViewSpec> specs_for(const CoreOptions& o, const AddSourceOptions& a) {
+    std::vector<ViewSpec> specs;
+    static const std::map<std::string, std::string> none;
+    auto add_default = [&](const Format* f) {
+        auto it = o.format_options.find(std::string(f->name));
+        specs.push_back({f, {}, it == o.format_options.end() ? none : it->second, false});
+    };
+    const auto& formats = a.formats ? *a.formats : o.default_formats;
+    if (a.formats || !o.default_formats.empty()) {
+        for (const std::string& name : formats) {
+            const Format* f = find_format(name);
+            if (!f)
+                throw UnknownFormat("unknown format '" + name + "' (p2vctl formats lists them)");
+            add_default(f);
+        }
+    } else {
+        for (const Format* f : format_table())
+            add_default(f);
+    }
+    for (const ExposedView& v : a.views) {
+        const Format* f = find_format(v.format);
+        if (!f)
+            throw UnknownFormat("unknown format '" + v.format + "' (p2vctl formats lists them)");
+        specs.push_back({f, v.file, v.options, true});
+    }
+    return specs;
+}
+
+json progress_json(const JobProgress& p) {
+    return {{"state", to_string(p.state)},
+            {"bytes_total", p.bytes_total},
+            {"bytes_done", p.bytes_done},
+            {"bytes_verified", p.bytes_verified},
+            {"error", p.error}};
+}
+
+std::string describe(const JobProgress& p) {
+    // What observers see change: rate moves every tick, so it is left out.
+    return to_string(p.state) + "|" + p.phase + "|" + std::to_string(p.bytes_done) + "|" +
+           std::to_string(p.bytes_verified) + "|" + std::to_string(p.bytes_checkpointed) + "|" +
+           p.error;
+}
+
+} // namespace
+
+void check_source_name(const std::string& name) {
+    if (name.empty() || name.size() > Limits::name || name[0] == '.')
+        throw InvalidArgument("source name '" + name.substr(0, Limits::name) +
+                              (name.size() > Limits::name ? "...' is too long" : "'") +
+                              ": use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with "
+                              "a dot");
+    for (char c : name)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-')
+            throw InvalidArgument("source name '" + name +
+                                  "': use only A-Z a-z 0-9 . _ - (no '/', '@' or spaces)");
+}
+
+Core::Core(CoreOptions options, MountTable& mount) : options_(std::move(options)), mount_(mount) {
+    monitor_ = std::thread([this] { monitor(); });
+}
+
+Core::~Core() {
+    stop();
+    {
+        std::lock_guard<std::mutex> lock(monitor_mutex_);
+        monitor_stop_ = true;
+    }
+    monitor_wake_.notify_all();
+    if (monitor_.joinable())
+        monitor_.join();
+}
+
+void Core::set_observer(CoreObserver* observer) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    observer_ = observer;
+}
+
+void Core::check_control(const Caller& caller, const char* what) const {
+    if (!may_control(caller, options_.control_group))
+        throw AccessDenied(caller.describe() + " may not " + what +
+                           " (root and members of the daemon's control group may)");
+}
+
+// ---- sources ---------------------------------------------------------------
+
+SourceInfo Core::add_source(const Caller& caller, const std::string& name, const std::string& uri,
+                            AddSourceOptions options) {
+    check_control(caller, "add sources");
+    check_source_name(name);
+    check_length("source URI", uri, Limits::uri);
+    check_text("source URI", uri);
+    if (uri.empty())
+        throw InvalidArgument("source URI is empty");
+    if (options.views.size() > Limits::options ||
+        (options.formats && options.formats->size() > Limits::options))
+        throw InvalidArgument("too many views");
+    const auto path = local_path_of(uri);
+    if (path) {
+        if (options.persist)
+            check_absolute_path("source path", *path);
+        check_can_read(caller, *path);
+    } else if (const auto q = uri.find("socket="); q != std::string::npos) {
+        // nbd+unix://...?socket=PATH: the caller must be able to reach it.
+        std::string socket = uri.substr(q + 7);
+        socket = socket.substr(0, socket.find('&'));
+        check_can_create(caller, socket); // search rights to the socket's directory
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (sources_.count(name))
+            throw AlreadyExists("a source named '" + name + "' exists already");
+    }
+    return open_and_mount(name, uri, options, options.persist);
+}
+
+SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
+                                const AddSourceOptions& options, bool persistent) {
+    auto s = std::make_shared<Source>();
+    s->name = name;
+    s->uri = uri;
+    s->persistent = persistent;
+    s->formats = options.formats;
+    s->exposed = options.views;
+    s->writable = !options.writable_layer.empty();
+    const auto specs = specs_for(options_, options);
+    try {
+        s->source = open_source(uri, options_.source_options);
+    } catch (const InvalidArgument& e) {
+        throw;
+    } catch (const Error& e) {
+        throw SourceFailed("source '" + name + "': " + e.what(), e.error_number());
+    }
+    s->disk = s->source;
+    try {
+        if (s->writable || Overlay::exists(options_.state_dir, name)) {
+            s->overlay = Overlay::open(options_.state_dir, name, s->source, uri,
+                                       OverlayOptions{.writable = s->writable}, s->writable);
+            s->disk = s->overlay->device(user_layer, options.writable_layer);
+        }
+    } catch (const InvalidArgument&) {
+        throw;
+    } catch (const Error& e) {
+        throw SourceFailed("source '" + name + "': " + e.what(), e.error_number());
+    }
+    std::vector<MountedFolder> made;
+    try {
+        if (s->overlay) {
+            made.push_back(build_overlay_folder(name, s->overlay, s->disk, specs, s->writable));
+            made.push_back(build_folder(name + "@pristine", s->source, specs));
+        } else {
+            made.push_back(build_folder(name, s->source, specs));
+        }
+    } catch (const InvalidArgument& e) {
+        throw InvalidArgument("source '" + name + "': " + e.what());
+    } catch (const Error& e) {
+        throw SourceFailed("source '" + name + "': " + e.what(), e.error_number());
+    }
+    try {
+        for (const Extent& e : s->source->extents(0, s->source->size()))
+            if (e.type != ExtentType::Hole)
+                s->allocated += e.length;
+    } catch (const Error& e) {
+        spdlog::warn("source '{}': cannot map allocation ({}); counting it all", name, e.what());
+        s->allocated = s->source->size();
+    }
+    s->files = made.front().files;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (sources_.count(name))
+            throw AlreadyExists("a source named '" + name + "' exists already");
+        size_t added = 0;
+        try {
+            for (MountedFolder& f : made) {
+                mount_.add_folder(std::move(f));
+                ++added;
+            }
+        } catch (const InvalidArgument& e) {
+            if (added > 0)
+                mount_.remove_folder(name);
+            throw AlreadyExists(e.what());
+        }
+        sources_[name] = s;
+    }
+    if (persistent)
+        save_source(*s);
+    spdlog::info("source '{}': {} ({}), {} view file(s){}", name, s->source->name(),
+                 human_size(s->source->size()), s->files.size(),
+                 s->overlay ? s->writable ? ", overlay writable" : ", overlay read-only" : "");
+    CoreObserver* observer;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        observer = observer_;
+    }
+    if (observer)
+        observer->source_added(name);
+    return source(name);
+}
+
+void Core::save_source(const Source& s) const {
+    json views = json::array();
+    for (const ExposedView& v : s.exposed)
+        views.push_back({{"format", v.format}, {"file", v.file}, {"options", v.options}});
+    json j = {{"name", s.name}, {"uri", s.uri}, {"views", views}};
+    if (s.formats)
+        j["formats"] = *s.formats;
+    make_directories(options_.state_dir + "/sources");
+    replace_file(source_file(options_.state_dir, s.name), j.dump(2) + "\n");
+}
+
+void Core::remove_source(const Caller& caller, const std::string& name) {
+    check_control(caller, "remove sources");
+    std::shared_ptr<Source> s;
+    CoreObserver* observer;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto it = sources_.find(name);
+        if (it == sources_.end())
+            throw NotFound("no source named '" + name.substr(0, Limits::name) + "'");
+        for (const auto& [id, job] : jobs_) {
+            if (job->source != name)
+                continue;
+            const JobState st = job->progress().state;
+            if (st == JobState::Running || st == JobState::Paused)
+                throw Busy("source '" + name + "' is in use by job " + id + " (" +
+                           to_string(st) + "); cancel it first");
+        }
+        s = it->second;
+        sources_.erase(it);
+        observer = observer_;
+    }
+    mount_.remove_folder(name);
+    if (s->overlay)
+        mount_.remove_folder(name + "@pristine");
+    if (s->persistent)
+        ::unlink(source_file(options_.state_dir, name).c_str());
+    spdlog::info("source '{}': removed", name);
+    if (observer)
+        observer->source_removed(name);
+}
+
+std::vector<SourceInfo> Core::sources() const {
+    std::vector<std::string> names;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (const auto& [name, s] : sources_)
+            names.push_back(name);
+    }
+    std::vector<SourceInfo> out;
+    for (const std::string& n : names) {
+        try {
+            out.push_back(source(n));
+        } catch (const NotFound&) {
+            // removed in between
+        }
+    }
+    return out;
+}
+
+SourceInfo Core::source(const std::string& name) const {
+    std::shared_ptr<Source> s;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto it = sources_.find(name);
+        if (it == sources_.end())
+            throw NotFound("no source named '" + name.substr(0, Limits::name) + "'");
+        s = it->second;
+    }
+    SourceInfo info;
+    info.name = s->name;
+    info.uri = s->uri;
+    info.size = s->source->size();
+    info.allocated = s->allocated;
+    info.persistent = s->persistent;
+    info.overlay = !s->overlay ? "none" : s->writable ? "writable" : "read-only";
+    if (s->overlay)
+        for (const auto& layer : s->overlay->layers())
+            info.overlay_bytes += layer->info().chunks * s->overlay->geometry().chunk_size;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const MountedFile& f : s->files)
+        info.views.push_back({f.name, f.format, options_.mount_point + "/" + s->name + "/" + f.name});
+    return info;
+}
+
+ViewInfo Core::expose(const Caller& caller, const std::string& name, const ExposedView& view) {
+    check_control(caller, "expose views");
+    if (!view.file.empty())
+        check_file_name(view.file);
+    if (view.options.size() > Limits::options)
+        throw InvalidArgument("too many options");
+    for (const auto& [k, v] : view.options) {
+        check_length("option " + k.substr(0, 64), k, Limits::name);
+        check_length("option " + k.substr(0, 64), v, Limits::option_value);
+        check_text("option " + k.substr(0, 64), k + v);
+    }
+    const Format* format = find_format(view.format);
+    if (!format)
+        throw UnknownFormat("unknown format '" + view.format.substr(0, 64) +
+                            "' (p2vctl formats lists them)");
+    std::shared_ptr<Source> s;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto it = sources_.find(name);
+        if (it == sources_.end())
+            throw NotFound("no source named '" + name.substr(0, Limits::name) + "'");
+        s = it->second;
+    }
+    const std::vector<ViewSpec> specs{{format, view.file, view.options, true}};
+    MountedFolder folder;
+    try {
+        folder = s->overlay ? build_overlay_folder(name, s->overlay, s->disk, specs, s->writable)
+                            : build_folder(name, s->source, specs);
+    } catch (const InvalidArgument&) {
+        throw;
+    } catch (const Error& e) {
+        throw Error(std::string(format->label) + " view of '" + name + "': " + e.what(),
+                    e.error_number());
+    }
+    ViewInfo info;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (const MountedFile& f : folder.files)
+            for (const MountedFile& have : s->files)
+                if (have.name == f.name)
+                    throw AlreadyExists("source '" + name + "' has a file named '" + f.name +
+                                        "' already");
+        for (MountedFile& f : folder.files) {
+            mount_.add_file(name, f);
+            s->files.push_back(f);
+        }
+        s->exposed.push_back(view);
+        info = {folder.files.front().name, std::string(format->name),
+                options_.mount_point + "/" + name + "/" + folder.files.front().name};
+    }
+    if (s->persistent)
+        save_source(*s);
+    spdlog::info("source '{}': exposed {} as {}", name, format->name, info.file);
+    CoreObserver* observer;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        observer = observer_;
+    }
+    if (observer)
+        observer->source_changed(name);
+    return info;
+}
+
+// ---- jobs ------------------------------------------------------------------
+
+std::shared_ptr<Core::Job> Core::find_job(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end())
+        throw NotFound("no job " + id.substr(0, 32));
+    return it->second;
+}
+
+void Core::save_job(Job& job) const {
+    const JobProgress p = job.progress();
+    json j = {{"id", job.id},
+              {"kind", job.kind},
+              {"source", job.source},
+              {"view", job.view},
+              {"destination", job.destination},
+              {"options",
+               {{"parallel", job.options.parallel},
+                {"bandwidth", job.options.bandwidth},
+                {"verify", job.options.verify},
+                {"block_size", job.options.block_size}}},
+              {"progress", progress_json(p)}};
+    replace_file(job.dir + "/job.json", j.dump(2) + "\n");
+    std::lock_guard<std::mutex> lock(job.mutex);
+    job.persisted = p.state;
+}
+
+std::string Core::materialize(const Caller& caller, const std::string& source_name,
+                              const std::string& view, const std::string& destination,
+                              const MaterializeOptions& options) {
+    check_control(caller, "start jobs");
+    check_file_name(view);
+    check_length("destination", destination, Limits::uri);
+    check_text("destination", destination);
+    const bool nbd = is_nbd_uri(destination);
+    if (!nbd) {
+        if (destination.find("://") != std::string::npos)
+            throw InvalidArgument("destination '" + destination +
+                                  "': not a path or an NBD URI (nbd://, nbds://, nbd+unix://)");
+        check_absolute_path("destination", destination);
+        struct stat st;
+        if (::lstat(destination.c_str(), &st) == 0)
+            throw AlreadyExists("destination " + destination + " exists already");
+        check_can_create(caller, destination);
+    } else if (const auto q = destination.find("socket="); q != std::string::npos) {
+        std::string socket = destination.substr(q + 7);
+        socket = socket.substr(0, socket.find('&'));
+        check_can_create(caller, socket);
+    }
+    if (options.parallel < 1 || options.parallel > 64)
+        throw InvalidArgument("parallel must be from 1 to 64");
+    if (options.block_size < (64u << 10) || options.block_size > (64u << 20) ||
+        (options.block_size & (options.block_size - 1)) != 0)
+        throw InvalidArgument("block size must be a power of two from 64 KiB to 64 MiB");
+
+    auto job = std::make_shared<Job>();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto it = sources_.find(source_name);
+        if (it == sources_.end())
+            throw NotFound("no source named '" + source_name.substr(0, Limits::name) + "'");
+        const auto& files = it->second->files;
+        if (std::none_of(files.begin(), files.end(),
+                         [&](const MountedFile& f) { return f.name == view; }))
+            throw NotFound("source '" + source_name + "' has no view file '" + view + "'");
+        for (const auto& [id, other] : jobs_) {
+            if (other->destination != destination)
+                continue;
+            const JobState st = other->progress().state;
+            if (st == JobState::Running || st == JobState::Paused)
+                throw Busy("job " + id + " writes to " + destination + " already");
+        }
+        job->id = std::to_string(next_job_++);
+    }
+    job->source = source_name;
+    job->view = view;
+    job->destination = destination;
+    job->options = options;
+    job->dir = options_.state_dir + "/jobs/" + job->id;
+    make_directories(job->dir);
+    job->saved.state = JobState::Running;
+    save_job(*job);
+    CoreObserver* observer;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        jobs_[job->id] = job;
+        observer = observer_;
+    }
+    spdlog::info("job {}: materialize {} of '{}' to {}", job->id, view, source_name, destination);
+    start_job(job);
+    if (observer)
+        observer->job_added(job->id);
+    return job->id;
+}
+
+// The device a job copies: the view file as the mount shows it now (a live
+// file's current version), prepared first if its bytes are computed.
+void Core::start_job(const std::shared_ptr<Job>& job) {
+    MountedFile file;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const auto it = sources_.find(job->source);
+        if (it != sources_.end())
+            for (const MountedFile& f : it->second->files)
+                if (f.name == job->view)
+                    file = f;
+    }
+    std::lock_guard<std::mutex> lock(job->mutex);
+    if (job->starter.joinable())
+        job->starter.join();
+    if (!file.device) {
+        job->saved.state = JobState::Failed;
+        job->saved.error = "source '" + job->source + "' or its view '" + job->view +
+                           "' is not there (was the source removed?)";
+        monitor_wake_.notify_all();
+        return;
+    }
+    job->abandon = false;
+    job->saved.state = JobState::Running;
+    job->saved.phase = "preparing";
+    job->saved.error.clear();
+    job->starter = std::thread([this, job, file] {
+        try {
+            DevicePtr dev = file.live ? file.live->make() : file.device;
+            if (prepared_view_of(*dev)) {
+                const auto log = logged_progress("job " + job->id + ": " + job->view);
+                dev = prepared(dev, [&](uint64_t done, uint64_t total) {
+                    if (job->abandon)
+                        throw Error("preparation stopped", ECANCELED);
+                    log(done, total);
+                });
+            }
+            auto engine = std::make_unique<Materialization>(job->dir, dev, job->destination,
+                                                            job->options);
+            engine->on_change([this] { monitor_wake_.notify_all(); });
+            std::lock_guard<std::mutex> held(job->mutex);
+            if (job->abandon)
+                return;
+            engine->start();
+            job->engine = std::move(engine);
+        } catch (const std::exception& e) {
+            std::lock_guard<std::mutex> held(job->mutex);
+            if (job->abandon)
+                return;
+            job->saved.state = JobState::Failed;
+            job->saved.phase.clear();
+            job->saved.error = e.what();
+            spdlog::error("job {}: {}", job->id, e.what());
+        }
+        monitor_wake_.notify_all();
+    });
+}
+
+std::vector<JobInfo> Core::jobs() const {
+    std::vector<std::shared_ptr<Job>> list;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (const auto& [id, j] : jobs_)
+            list.push_back(j);
+    }
+    std::sort(list.begin(), list.end(),
+              [](const auto& a, const auto& b) { return std::stoull(a->id) < std::stoull(b->id); });
+    std::vector<JobInfo> out;
+    for (const auto& j : list)
+        out.push_back({j->id, j->kind, j->source, j->view, j->destination, j->progress()});
+    return out;
+}
+
+JobInfo Core::job(const std::string& id) const {
+    const auto j = find_job(id);
+    return {j->id, j->kind, j->source, j->view, j->destination, j->progress()};
+}
+
+void Core::pause_job(const Caller& caller, const std::string& id) {
+    check_control(caller, "pause jobs");
+    const auto j = find_job(id);
+    Materialization* engine;
+    {
+        std::lock_guard<std::mutex> lock(j->mutex);
+        engine = j->engine.get();
+        const JobState st = engine ? engine->progress().state : j->saved.state;
+        if (st != JobState::Running)
+            throw InvalidState("job " + id + " is " + to_string(st) + ", not running");
+        if (!engine)
+            throw InvalidState("job " + id + " is still preparing its view; pause it later");
+    }
+    engine->pause();
+    monitor_wake_.notify_all();
+}
+
+void Core::resume_job(const Caller& caller, const std::string& id) {
+    check_control(caller, "resume jobs");
+    const auto j = find_job(id);
+    Materialization* engine;
+    {
+        std::lock_guard<std::mutex> lock(j->mutex);
+        engine = j->engine.get();
+        const JobState st = engine ? engine->progress().state : j->saved.state;
+        if (st != JobState::Paused && st != JobState::Failed)
+            throw InvalidState("job " + id + " is " + to_string(st) +
+                               "; only paused and failed jobs resume");
+    }
+    if (engine)
+        engine->resume();
+    else
+        start_job(j); // restored paused, or failed before its engine started
+    monitor_wake_.notify_all();
+}
+
+void Core::cancel_job(const Caller& caller, const std::string& id) {
+    check_control(caller, "cancel jobs");
+    const auto j = find_job(id);
+    Materialization* engine;
+    {
+        std::lock_guard<std::mutex> lock(j->mutex);
+        engine = j->engine.get();
+        const JobState st = engine ? engine->progress().state : j->saved.state;
+        if (st == JobState::Done || st == JobState::Cancelled)
+            throw InvalidState("job " + id + " is " + to_string(st) + " already");
+        j->abandon = true;
+    }
+    if (engine) {
+        engine->cancel();
+    } else {
+        if (j->starter.joinable())
+            j->starter.join();
+        std::lock_guard<std::mutex> lock(j->mutex);
+        if (j->engine) {
+            j->engine->cancel();
+        } else {
+            // Never started in this run: remove what a previous run left.
+            if (!is_nbd_uri(j->destination))
+                ::unlink((j->destination + ".part").c_str());
+            ::unlink((j->dir + "/checkpoint").c_str());
+            j->saved.state = JobState::Cancelled;
+            j->saved.phase.clear();
+        }
+    }
+    spdlog::info("job {}: cancelled", id);
+    monitor_wake_.notify_all();
+}
+
+void Core::remove_job(const Caller& caller, const std::string& id) {
+    check_control(caller, "remove jobs");
+    const auto j = find_job(id);
+    const JobState st = j->progress().state;
+    if (st == JobState::Running || st == JobState::Paused)
+        throw InvalidState("job " + id + " is " + to_string(st) + "; cancel it first");
+    CoreObserver* observer;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        jobs_.erase(id);
+        observer = observer_;
+    }
+    if (j->starter.joinable())
+        j->starter.join();
+    {
+        std::lock_guard<std::mutex> lock(j->mutex);
+        j->engine.reset();
+    }
+    remove_tree(j->dir);
+    if (observer)
+        observer->job_removed(id);
+}
+
+// ---- persistence and monitoring --------------------------------------------
+
+void Core::restore() {
+    const std::string dir = options_.state_dir + "/sources";
+    std::vector<std::string> files;
+    if (DIR* d = ::opendir(dir.c_str())) {
+        while (const dirent* e = ::readdir(d)) {
+            const std::string n = e->d_name;
+            if (n.size() > 5 && n.ends_with(".json"))
+                files.push_back(n);
+        }
+        ::closedir(d);
+    }
+    std::sort(files.begin(), files.end());
+    for (const std::string& f : files) {
+        const std::string path = dir + "/" + f;
+        try {
+            const json j = json::parse(read_small_file(path));
+            const std::string name = j.at("name").get<std::string>();
+            check_source_name(name);
+            if (name + ".json" != f)
+                throw InvalidArgument("names source '" + name + "'");
+            AddSourceOptions o;
+            if (j.contains("formats"))
+                o.formats = j.at("formats").get<std::vector<std::string>>();
+            for (const json& v : j.at("views"))
+                o.views.push_back({v.at("format").get<std::string>(), v.at("file").get<std::string>(),
+                                   v.at("options").get<std::map<std::string, std::string>>()});
+            open_and_mount(name, j.at("uri").get<std::string>(), o, true);
+        } catch (const std::exception& e) {
+            spdlog::error("{}: cannot restore the source: {} (the record is kept)", path,
+                          e.what());
+        }
+    }
+    const std::string jobs_dir = options_.state_dir + "/jobs";
+    std::vector<std::string> ids;
+    if (DIR* d = ::opendir(jobs_dir.c_str())) {
+        while (const dirent* e = ::readdir(d)) {
+            const std::string n = e->d_name;
+            if (!n.empty() && std::all_of(n.begin(), n.end(), ::isdigit) && n.size() < 19)
+                ids.push_back(n);
+        }
+        ::closedir(d);
+    }
+    std::sort(ids.begin(), ids.end(),
+              [](const std::string& a, const std::string& b) { return std::stoull(a) < std::stoull(b); });
+    for (const std::string& id : ids)
+        restore_job(jobs_dir + "/" + id);
+}
+
+void Core::restore_job(const std::string& dir) {
+    auto job = std::make_shared<Job>();
+    job->dir = dir;
+    try {
+        const json j = json::parse(read_small_file(dir + "/job.json"));
+        job->id = j.at("id").get<std::string>();
+        if (dir != options_.state_dir + "/jobs/" + job->id)
+            throw InvalidArgument("its id " + job->id + " is not its directory's name");
+        job->kind = j.at("kind").get<std::string>();
+        if (job->kind != materialize_kind)
+            throw InvalidArgument("unknown kind '" + job->kind + "'");
+        job->source = j.at("source").get<std::string>();
+        job->view = j.at("view").get<std::string>();
+        job->destination = j.at("destination").get<std::string>();
+        const json& o = j.at("options");
+        job->options.parallel = o.at("parallel").get<unsigned>();
+        job->options.bandwidth = o.at("bandwidth").get<uint64_t>();
+        job->options.verify = o.at("verify").get<bool>();
+        job->options.block_size = o.at("block_size").get<uint64_t>();
+        const json& p = j.at("progress");
+        const auto state = job_state_from_string(p.at("state").get<std::string>());
+        if (!state)
+            throw InvalidArgument("unknown state '" + p.at("state").get<std::string>() + "'");
+        job->saved.state = *state;
+        job->saved.bytes_total = p.at("bytes_total").get<uint64_t>();
+        job->saved.bytes_done = p.at("bytes_done").get<uint64_t>();
+        job->saved.bytes_verified = p.at("bytes_verified").get<uint64_t>();
+        job->saved.error = p.at("error").get<std::string>();
+        job->saved.eta_seconds = -1;
+        job->persisted = *state;
+    } catch (const std::exception& e) {
+        spdlog::error("{}/job.json: cannot restore the job: {} (left as it is)", dir, e.what());
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        next_job_ = std::max<uint64_t>(next_job_, std::stoull(job->id) + 1);
+        jobs_[job->id] = job;
+    }
+    spdlog::info("job {}: {} ({} of '{}' to {})", job->id, to_string(job->saved.state), job->view,
+                 job->source, job->destination);
+    if (job->saved.state == JobState::Running)
+        start_job(job);
+}
+
+void Core::stop() {
+    std::vector<std::shared_ptr<Job>> list;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopped_)
+            return;
+        stopped_ = true;
+        for (const auto& [id, j] : jobs_)
+            list.push_back(j);
+    }
+    // The monitor must not record the stopped engines' state: on disk a
+    // job stopped by the daemon's own stop is still running.
+    {
+        std::lock_guard<std::mutex> lock(monitor_mutex_);
+        monitor_stop_ = true;
+    }
+    monitor_wake_.notify_all();
+    if (monitor_.joinable())
+        monitor_.join();
+    for (const auto& j : list) {
+        j->abandon = true;
+        if (j->starter.joinable())
+            j->starter.join();
+        std::lock_guard<std::mutex> lock(j->mutex);
+        if (j->engine) {
+            const JobState st = j->engine->progress().state;
+            j->engine->stop();
+            if (st == JobState::Running)
+                spdlog::info("job {}: stopped with a checkpoint; it resumes at the next start",
+                             j->id);
+        }
+    }
+}
+
+void Core::monitor() {
+    std::unique_lock<std::mutex> lock(monitor_mutex_);
+    while (!monitor_stop_) {
+        monitor_wake_.wait_for(lock, std::chrono::milliseconds(250));
+        if (monitor_stop_)
+            break;
+        lock.unlock();
+        std::vector<std::shared_ptr<Job>> list;
+        CoreObserver* observer;
+        {
+            std::lock_guard<std::mutex> l(mutex_);
+            for (const auto& [id, j] : jobs_)
+                list.push_back(j);
+            observer = observer_;
+        }
+        for (const auto& j : list) {
+            const JobProgress p = j->progress();
+            bool persist;
+            {
+                std::lock_guard<std::mutex> l(j->mutex);
+                persist = p.state != j->persisted;
+            }
+            if (persist) {
+                try {
+                    save_job(*j);
+                } catch (const Error& e) {
+                    spdlog::error("job {}: cannot record its state: {}", j->id, e.what());
+                }
+                if (p.state == JobState::Done)
+                    spdlog::info("job {}: done, {} to {}", j->id, human_size(p.bytes_total),
+                                 j->destination);
+                else if (p.state == JobState::Failed)
+                    spdlog::error("job {}: failed: {}", j->id, p.error);
+            }
+            const std::string now = describe(p);
+            bool changed;
+            {
+                std::lock_guard<std::mutex> l(j->mutex);
+                changed = now != j->last_reported;
+                j->last_reported = now;
+            }
+            if ((changed || p.state == JobState::Running) && observer)
+                observer->job_changed(j->id);
+        }
+        lock.lock();
+    }
+}
+
+} // namespace p2vfs

@@ -1,0 +1,308 @@
+#include "jobs/destination.h"
+
+#include "common/error.h"
+#include "common/file_io.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <fcntl.h>
+#include <filesystem>
+#include <libnbd.h>
+#include <spdlog/spdlog.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+
+namespace p2vfs {
+namespace {
+
+constexpr uint64_t page = 4096;
+
+// Zeros for writes where a destination cannot punch or zero a range.
+const std::vector<unsigned char>& zero_buffer() {
+    static const std::vector<unsigned char> zeros(1u << 20, 0);
+    return zeros;
+}
+
+class FileDestination : public Destination {
+public:
+    FileDestination(std::string destination, uint64_t size, bool keep_content)
+        : destination_(std::move(destination)), part_(partial_path(destination_)),
+          fresh_(!keep_content) {
+        fd_ = open_file(part_, O_RDWR | O_CREAT | (keep_content ? 0 : O_TRUNC), 0644);
+        struct stat st;
+        if (::fstat(fd_.get(), &st) != 0)
+            throw Error(part_ + ": cannot stat: " + errno_text(errno), errno);
+        if (!S_ISREG(st.st_mode))
+            throw Error(part_ + ": not a regular file", EINVAL);
+        if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) {
+            const int err = errno;
+            throw Error(part_ + ": cannot set the size to " + std::to_string(size) +
+                            " bytes: " + errno_text(err),
+                        err);
+        }
+    }
+
+    std::string name() const override { return part_; }
+    uint64_t granularity() const override { return page; }
+
+    void write(unsigned, const void* buf, size_t length, uint64_t offset) override {
+        pwrite_full(fd_.get(), buf, length, offset, part_);
+    }
+
+    void write_zeros(unsigned worker, uint64_t offset, uint64_t length) override {
+        // A file this run created or truncated is one hole except where this
+        // run wrote data, and this run writes each range once.
+        if (fresh_)
+            return;
+        if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        static_cast<off_t>(offset), static_cast<off_t>(length)) == 0)
+            return;
+        const int err = errno;
+        if (err != EOPNOTSUPP && err != ENOSYS) {
+            throw Error(part_ + ": cannot punch a hole of " + std::to_string(length) +
+                            " bytes at " + hex(offset) + ": " + errno_text(err),
+                        err);
+        }
+        // No hole punching here: zeros are written, as data.
+        const auto& zeros = zero_buffer();
+        for (uint64_t at = offset; at < offset + length;) {
+            const size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
+            write(worker, zeros.data(), n, at);
+            at += n;
+        }
+    }
+
+    void read(unsigned, void* buf, size_t length, uint64_t offset) override {
+        // The pages were synced, so they are clean: dropping them makes the
+        // read come from the storage, not from what this process just wrote.
+        (void)::posix_fadvise(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(length),
+                              POSIX_FADV_DONTNEED);
+        const size_t n = pread_full(fd_.get(), buf, length, offset, part_);
+        if (n != length)
+            throw Error(part_ + ": read of " + std::to_string(length) + " bytes at " +
+                            hex(offset) + " ended after " + std::to_string(n) +
+                            " bytes: the file is shorter than the copy",
+                        EIO);
+    }
+
+    void sync() override { sync_data(fd_.get(), part_); }
+
+    void commit() override {
+        sync_data(fd_.get(), part_);
+        // RENAME_NOREPLACE: a DEST made by someone else while the copy ran is
+        // not overwritten. Where the file system lacks it, link + unlink does
+        // the same (link never replaces).
+        if (::renameat2(AT_FDCWD, part_.c_str(), AT_FDCWD, destination_.c_str(),
+                        RENAME_NOREPLACE) != 0) {
+            int err = errno;
+            if (err == EINVAL || err == ENOSYS) {
+                if (::link(part_.c_str(), destination_.c_str()) == 0) {
+                    ::unlink(part_.c_str());
+                    err = 0;
+                } else {
+                    err = errno;
+                }
+            }
+            if (err == EEXIST)
+                throw Error(destination_ + ": exists already (made while the copy ran); the "
+                                           "copy stays in " +
+                                part_,
+                            err);
+            if (err != 0)
+                throw Error(destination_ + ": cannot rename " + part_ + " to it: " +
+                                errno_text(err),
+                            err);
+        }
+        fd_.reset();
+        const std::string dir = std::filesystem::path(destination_).parent_path().string();
+        sync_directory(dir.empty() ? "." : dir);
+    }
+
+private:
+    std::string destination_;
+    std::string part_;
+    bool fresh_;
+    UniqueFd fd_;
+};
+
+std::string nbd_error_text() {
+    const char* e = nbd_get_error();
+    return e && *e ? e : "unknown libnbd error";
+}
+
+int nbd_errno_or(int fallback) {
+    const int err = nbd_get_errno();
+    return err ? err : fallback;
+}
+
+class NbdDestination : public Destination {
+public:
+    NbdDestination(std::string uri, uint64_t size, unsigned connections) : uri_(std::move(uri)) {
+        for (unsigned i = 0; i < std::max(connections, 1u); ++i)
+            handles_.list.push_back(connect(i));
+        nbd_handle* h = handles_.list.front();
+        if (nbd_is_read_only(h) == 1)
+            throw Error("NBD destination " + uri_ + ": the export is read-only", EROFS);
+        const int64_t export_size = nbd_get_size(h);
+        if (export_size < 0)
+            throw Error("NBD destination " + uri_ + ": " + nbd_error_text(), nbd_errno_or(EIO));
+        if (static_cast<uint64_t>(export_size) < size)
+            throw Error("NBD destination " + uri_ + ": the export holds " +
+                            human_size(static_cast<uint64_t>(export_size)) + " (" +
+                            std::to_string(export_size) + " bytes), less than the disk's " +
+                            std::to_string(size) + " bytes",
+                        ENOSPC);
+        if (static_cast<uint64_t>(export_size) > size)
+            spdlog::warn("NBD destination {}: the export holds {} bytes, more than the disk's "
+                         "{}; the rest is left as it is",
+                         uri_, export_size, size);
+        can_zero_ = nbd_can_zero(h) == 1;
+        can_flush_ = nbd_can_flush(h) == 1;
+        if (!can_flush_)
+            spdlog::warn("NBD destination {}: the server cannot flush; checkpoints trust it to "
+                         "keep what it acknowledged",
+                         uri_);
+        const int64_t min_block = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+        const int64_t max_block = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+        granularity_ = std::max<uint64_t>(page, min_block > 0 ? static_cast<uint64_t>(min_block) : 1);
+        // The NBD specification's default maximum is 32 MiB.
+        max_request_ = std::min<uint64_t>(32u << 20,
+                                          max_block > 0 ? static_cast<uint64_t>(max_block)
+                                                        : 32u << 20);
+        max_request_ = std::max<uint64_t>(max_request_ / granularity_ * granularity_, granularity_);
+    }
+
+    std::string name() const override { return uri_; }
+    uint64_t granularity() const override { return granularity_; }
+
+    void write(unsigned worker, const void* buf, size_t length, uint64_t offset) override {
+        nbd_handle* h = handle(worker);
+        const auto* p = static_cast<const unsigned char*>(buf);
+        for (uint64_t done = 0; done < length;) {
+            const size_t n = static_cast<size_t>(std::min<uint64_t>(max_request_, length - done));
+            if (nbd_pwrite(h, p + done, n, offset + done, 0) == -1)
+                fail("write", n, offset + done);
+            done += n;
+        }
+    }
+
+    void write_zeros(unsigned worker, uint64_t offset, uint64_t length) override {
+        nbd_handle* h = handle(worker);
+        if (!can_zero_) {
+            const auto& zeros = zero_buffer();
+            for (uint64_t at = offset; at < offset + length;) {
+                const size_t n = static_cast<size_t>(
+                    std::min<uint64_t>({zeros.size(), max_request_, offset + length - at}));
+                if (nbd_pwrite(h, zeros.data(), n, at, 0) == -1)
+                    fail("write", n, at);
+                at += n;
+            }
+            return;
+        }
+        // Without LIBNBD_CMD_FLAG_NO_HOLE the server may trim the range.
+        // Requests carry 32-bit lengths: a few, aligned, for a long range.
+        const uint64_t most = (1ull << 30);
+        for (uint64_t at = offset; at < offset + length;) {
+            const uint64_t n = std::min(most, offset + length - at);
+            if (nbd_zero(h, n, at, 0) == -1)
+                fail("write-zeroes", n, at);
+            at += n;
+        }
+    }
+
+    void read(unsigned worker, void* buf, size_t length, uint64_t offset) override {
+        nbd_handle* h = handle(worker);
+        auto* p = static_cast<unsigned char*>(buf);
+        for (uint64_t done = 0; done < length;) {
+            const size_t n = static_cast<size_t>(std::min<uint64_t>(max_request_, length - done));
+            if (nbd_pread(h, p + done, n, offset + done, 0) == -1)
+                fail("read", n, offset + done);
+            done += n;
+        }
+    }
+
+    void sync() override {
+        if (!can_flush_)
+            return;
+        // A flush covers the writes completed on its own connection (across
+        // connections only with multi-conn): flush every one.
+        for (nbd_handle* h : handles_.list) {
+            if (nbd_flush(h, 0) == -1) {
+                const std::string message = nbd_error_text();
+                throw Error("NBD destination " + uri_ + ": flush failed: " + message,
+                            nbd_errno_or(EIO));
+            }
+        }
+    }
+
+    void commit() override {}
+
+private:
+    nbd_handle* connect(unsigned index) {
+        nbd_handle* h = nbd_create();
+        if (!h)
+            throw Error("NBD destination " + uri_ + ": " + nbd_error_text());
+        const std::string name = "p2vfs-materialize-" + std::to_string(index);
+        if (nbd_set_handle_name(h, name.c_str()) == -1 || nbd_set_uri_allow_local_file(h, true) == -1 ||
+            nbd_connect_uri(h, uri_.c_str()) == -1) {
+            const std::string message = nbd_error_text();
+            const int err = nbd_errno_or(EIO);
+            nbd_close(h);
+            throw Error("NBD destination " + uri_ + ": cannot connect: " + message, err);
+        }
+        return h;
+    }
+
+    nbd_handle* handle(unsigned worker) const {
+        return handles_.list[worker % handles_.list.size()];
+    }
+
+    [[noreturn]] void fail(const char* what, uint64_t length, uint64_t offset) const {
+        const std::string message = nbd_error_text();
+        const int err = nbd_errno_or(EIO);
+        throw Error("NBD destination " + uri_ + ": " + what + " of " + std::to_string(length) +
+                        " bytes at " + hex(offset) + " failed: " + message,
+                    err);
+    }
+
+    // Disconnected and closed however the constructor ends.
+    struct Handles {
+        std::vector<nbd_handle*> list;
+        Handles() = default;
+        Handles(const Handles&) = delete;
+        Handles& operator=(const Handles&) = delete;
+        ~Handles() {
+            for (nbd_handle* h : list) {
+                (void)nbd_shutdown(h, 0);
+                nbd_close(h);
+            }
+        }
+    };
+
+    std::string uri_;
+    Handles handles_;
+    bool can_zero_ = false;
+    bool can_flush_ = false;
+    uint64_t granularity_ = page;
+    uint64_t max_request_ = 32u << 20;
+};
+
+} // namespace
+
+std::string partial_path(const std::string& destination) {
+    return destination + ".part";
+}
+
+std::unique_ptr<Destination> open_file_destination(const std::string& destination, uint64_t size,
+                                                   bool keep_content) {
+    return std::make_unique<FileDestination>(destination, size, keep_content);
+}
+
+std::unique_ptr<Destination> open_nbd_destination(const std::string& uri, uint64_t size,
+                                                  unsigned connections) {
+    return std::make_unique<NbdDestination>(uri, size, connections);
+}
+
+} // namespace p2vfs

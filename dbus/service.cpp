@@ -237,7 +237,8 @@ public:
     void moved() {
         emitPropertiesChangedSignal(org::p2vfs1::Job_adaptor::INTERFACE_NAME,
                                     {"State", "Phase", "BytesTotal", "BytesDone", "BytesCopied",
-                                     "BytesResumed", "BytesWritten", "BytesVerified", "Rate",
+                                     "BytesResumed", "BytesWritten", "BytesCheckpointed",
+                                     "BytesVerified", "Rate",
                                      "ETA", "Error"});
     }
 
@@ -270,6 +271,7 @@ private:
     uint64_t BytesCopied() override { return info().progress.bytes_copied; }
     uint64_t BytesResumed() override { return info().progress.bytes_resumed; }
     uint64_t BytesWritten() override { return info().progress.bytes_written; }
+    uint64_t BytesCheckpointed() override { return info().progress.bytes_checkpointed; }
     uint64_t BytesVerified() override { return info().progress.bytes_verified; }
     double Rate() override { return info().progress.rate; }
     double ETA() override { return info().progress.eta_seconds; }

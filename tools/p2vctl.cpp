@@ -144,6 +144,7 @@ json job_json(const Properties& p) {
             {"bytes_copied", number(p, "BytesCopied")},
             {"bytes_resumed", number(p, "BytesResumed")},
             {"bytes_written", number(p, "BytesWritten")},
+            {"bytes_checkpointed", number(p, "BytesCheckpointed")},
             {"bytes_verified", number(p, "BytesVerified")},
             {"rate", p.at("Rate").get<double>()},
             {"eta", p.at("ETA").get<double>()},

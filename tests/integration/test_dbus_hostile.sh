@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Hostile and broken calls each get a named org.p2vfs.Error.* and the daemon
+# keeps running: bad names, huge strings, invalid URIs, unknown formats and
+# options, options of the wrong type, callers without permission (not in
+# the control group; in it, but naming a file or a directory they could
+# not use themselves).
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/dbus_lib.sh"
+need_root
+need_cmd setpriv
+/usr/bin/python3 -c 'import dbus.bus' 2>/dev/null || skip "python3-dbus is not installed (for /usr/bin/python3)"
+id nobody >/dev/null 2>&1 || skip "no user 'nobody'"
+id daemon >/dev/null 2>&1 || skip "no user 'daemon'"
+[[ $(id -gn nobody) == nogroup ]] || skip "nobody's group is not nogroup"
+# The unprivileged callers run p2vctl from the build tree.
+setpriv --reuid=nobody --regid=nogroup --clear-groups test -x "$P2VCTL" ||
+    skip "user nobody cannot run $P2VCTL"
+
+src=$T/pc1.img
+truncate -s 16M "$src"
+chmod 644 "$src"
+start_bus
+mnt=$T/mnt
+# Members of nogroup (the user nobody) may call methods; 'daemon' may not.
+start_bus_daemon "$mnt" --state-dir "$T/state" --views raw --control-group nogroup
+ctl add pc1 "$src" >/dev/null
+
+# expect_error STATUS ERROR-NAME TEXT CMD...: CMD fails with exit STATUS and
+# a message naming ERROR-NAME and TEXT.
+expect_error() {
+    local status=$1 name=$2 text=$3
+    shift 3
+    run_rc "$@"
+    [[ $RC -eq $status ]] || {
+        cat "$T/run.err" >&2
+        fail "$*: exit status $RC, expected $status"
+    }
+    assert_file_has_text "$T/run.err" "$name" "$*"
+    assert_file_has_text "$T/run.err" "$text" "$*"
+    daemon_alive "$mnt" || fail "the daemon died after: $*"
+}
+
+E=org.p2vfs.Error
+expect_error 1 $E.InvalidArgument "use only A-Z a-z 0-9" ctl add a/b "$src"
+expect_error 1 $E.InvalidArgument "not starting with a dot" ctl add .. "$src"
+expect_error 1 $E.InvalidArgument "not starting with a dot" ctl add .hidden "$src"
+expect_error 1 $E.InvalidArgument "use only A-Z a-z 0-9" ctl add "pc1@pristine" "$src"
+expect_error 1 $E.InvalidArgument "is too long" ctl add "$(head -c 100000 /dev/zero | tr '\0' a)" "$src"
+expect_error 1 $E.InvalidArgument "bytes long; the limit is 4096" ctl add big "/$(head -c 70000 /dev/zero | tr '\0' a)"
+expect_error 1 $E.InvalidArgument "must be an absolute path" ctl add rel pc1.img
+expect_error 1 $E.InvalidArgument "must not contain '..'" ctl add dots "$T/../x.img"
+expect_error 1 $E.InvalidArgument "not a source this build knows" ctl add web "http://example.com/disk.img"
+expect_error 1 $E.SourceFailed "source 'bad'" ctl add bad "nbd://[::1"
+expect_error 1 $E.SourceFailed "source 'missing'" ctl add missing "$T/no-such.img"
+expect_error 1 $E.AlreadyExists "exists already" ctl add pc1 "$src"
+expect_error 1 $E.UnknownFormat "unknown format 'vhdz'" ctl add pc2 "$src" --views raw,vhdz
+expect_error 1 $E.UnknownFormat "unknown format 'qcow3'" ctl expose pc1 qcow3
+expect_error 1 $E.InvalidArgument "not a plain file name" ctl expose pc1 vhd --file ../evil.vhd
+expect_error 1 $E.InvalidArgument "unknown option" ctl expose pc1 vmdk -o nosuch=1
+expect_error 1 $E.AlreadyExists "has a file named 'disk.raw'" ctl expose pc1 raw
+expect_error 5 $E.NotFound "no source named 'nosuch'" ctl remove nosuch
+expect_error 5 $E.NotFound "has no view file 'disk.vhd'" ctl materialize pc1 disk.vhd "$T/x.vhd"
+expect_error 1 $E.InvalidArgument "not a plain file name" ctl materialize pc1 ../../etc/passwd "$T/x.raw"
+expect_error 1 $E.AlreadyExists "exists already" ctl materialize pc1 disk.raw "$src"
+expect_error 1 $E.InvalidArgument "not a path or an NBD URI" ctl materialize pc1 disk.raw "ftp://host/x"
+# An object that does not exist is the bus library's answer.
+expect_error 5 org.freedesktop.DBus.Error.UnknownObject "/org/p2vfs1/jobs/99" ctl pause 99
+
+# Raw calls (python3-dbus): options of the wrong type, unknown options, a
+# relative path, a bad block size. raw_materialize DEST OPTIONS-PYTHON.
+raw_materialize() {
+    /usr/bin/python3 - "$BUS_ADDRESS" "$1" "$2" <<'PY'
+import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+src = dbus.Interface(bus.get_object("org.p2vfs1", "/org/p2vfs1/sources/pc1"), "org.p2vfs1.Source")
+try:
+    src.Materialize("disk.raw", sys.argv[2], dbus.Dictionary(eval(sys.argv[3]), signature="sv"))
+except dbus.exceptions.DBusException as e:
+    print(f"{e.get_dbus_message()} ({e.get_dbus_name()})", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+expect_error 1 $E.InvalidArgument "option 'parallel' must be of D-Bus type u, not s" \
+    raw_materialize "$T/y.raw" '{"parallel": "four"}'
+expect_error 1 $E.InvalidArgument "unknown option 'speed'" \
+    raw_materialize "$T/y.raw" '{"speed": dbus.UInt64(5)}'
+expect_error 1 $E.InvalidArgument "parallel must be from 1 to 64" \
+    raw_materialize "$T/y.raw" '{"parallel": dbus.UInt32(1000)}'
+expect_error 1 $E.InvalidArgument "must be an absolute path" raw_materialize y.raw '{}'
+expect_error 1 $E.InvalidArgument "block size must be a power of two" \
+    raw_materialize "$T/y.raw" '{"block-size": dbus.UInt64(3000)}'
+[[ ! -e $T/y.raw && ! -e $T/y.raw.part ]] || fail "a refused call left a file"
+
+# Callers without permission. 'daemon' is not in the control group: it may
+# read, not change.
+expect_error 4 $E.AccessDenied "may not add sources" ctl_as daemon add pc3 "$src"
+expect_error 4 $E.AccessDenied "may not remove sources" ctl_as daemon remove pc1
+expect_error 4 $E.AccessDenied "may not start jobs" ctl_as daemon materialize pc1 disk.raw /tmp/x.raw
+ctl_as daemon list >"$T/list.out" || fail "an unprivileged caller cannot list"
+assert_file_has_text "$T/list.out" "pc1" "list as daemon"
+# nobody is in the group, but may name only what it could use itself.
+secret=$T/secret.img
+truncate -s 1M "$secret"
+chmod 600 "$secret"
+expect_error 4 $E.AccessDenied "cannot read $secret" ctl_as nobody add sec "$secret"
+mkdir -m 700 "$T/rootonly"
+expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
+    ctl_as nobody materialize pc1 disk.raw "$T/rootonly/x.raw"
+mkdir -m 777 "$T/shared"
+ctl_as nobody add pub "$src" >/dev/null || fail "nobody cannot add a file it can read"
+run_rc ctl_as nobody materialize pub disk.raw "$T/shared/pub.raw" --wait
+assert_eq 0 "$RC" "nobody materializes into a directory it may write ($(cat "$T/run.err"))"
+cmp "$src" "$T/shared/pub.raw" || fail "nobody's copy differs"
+
+# Still serving, with exactly the two sources added.
+assert_eq "pc1 pub " "$(list_dir "$mnt")" "folders after the hostile calls"
+stop_daemon "$mnt"

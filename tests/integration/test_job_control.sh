@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Pause, resume and cancel through p2vctl: a paused job stops moving and
+# then completes identical; a cancelled job leaves neither the destination
+# nor its .part file, and `p2vctl wait` says cancelled (exit 6).
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/dbus_lib.sh"
+need_root
+need_cmd python3
+
+MiB=$((1024 * 1024))
+src=$T/src.img
+head -c $((24 * MiB)) /dev/urandom >"$src"
+start_bus
+mnt=$T/mnt
+start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
+ctl add pc1 "$src" >/dev/null
+mkdir "$T/out"
+
+# Pause and resume: 4 MiB/s gives six seconds to act in.
+ctl materialize pc1 disk.raw "$T/out/a.raw" --bwlimit 4M --block-size 1M >/dev/null
+wait_job_field 1 bytes_done $((4 * MiB)) 20
+ctl pause 1 >"$T/pause.out"
+assert_file_contains "$T/pause.out" '^1 +paused ' "p2vctl pause"
+assert_eq paused "$(job_field 1 state)" "state after pause"
+done1=$(job_field 1 bytes_done)
+sleep 1.5
+assert_eq "$done1" "$(job_field 1 bytes_done)" "bytes done while paused"
+run_rc ctl pause 1
+assert_eq 1 "$RC" "pausing a paused job"
+assert_file_has_text "$T/run.err" "org.p2vfs.Error.InvalidState" "pausing a paused job"
+ctl resume 1 >/dev/null
+run_rc ctl wait 1
+assert_eq 0 "$RC" "wait for the resumed job"
+cmp "$src" "$T/out/a.raw" || fail "the paused and resumed copy differs"
+
+# Cancel: nothing is left that looks like a copy.
+ctl materialize pc1 disk.raw "$T/out/b.raw" --bwlimit 4M --block-size 1M >/dev/null
+wait_job_field 2 bytes_checkpointed $((2 * MiB)) 20
+[[ -f $T/out/b.raw.part ]] || fail "no .part while the job runs"
+ctl cancel 2 >/dev/null
+run_rc ctl wait 2
+assert_eq 6 "$RC" "p2vctl wait on a cancelled job"
+assert_file_has_text "$T/run.out" "job 2: cancelled" "p2vctl wait on a cancelled job"
+assert_eq "a.raw " "$(list_dir "$T/out")" "the destination directory after the cancel"
+run_rc ctl resume 2
+assert_eq 1 "$RC" "resuming a cancelled job"
+assert_file_has_text "$T/run.err" "org.p2vfs.Error.InvalidState" "resuming a cancelled job"
+
+# A paused job can be cancelled too, and an ended job forgotten.
+ctl materialize pc1 disk.raw "$T/out/c.raw" --bwlimit 4M --block-size 1M >/dev/null
+wait_job_field 3 bytes_done $((1 * MiB)) 20
+ctl pause 3 >/dev/null
+ctl cancel 3 >/dev/null
+assert_eq cancelled "$(job_field 3 state)" "state of the paused then cancelled job"
+assert_eq "a.raw " "$(list_dir "$T/out")" "the destination directory after the second cancel"
+ctl forget 2
+run_rc ctl job 2
+assert_eq 5 "$RC" "p2vctl job on a forgotten job"
+assert_eq "1 3 " "$(ctl --json jobs | python3 -c 'import json,sys; print(" ".join(j["id"] for j in json.load(sys.stdin)), end=" ")')" "jobs left"
+[[ ! -e $T/state/jobs/2 ]] || fail "the forgotten job's state directory is still there"
+stop_daemon "$mnt"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pause, resume and cancel through p2vctl: a paused job stops moving and
 # then completes identical; a cancelled job leaves neither the destination
-# nor its .part file, and `p2vctl wait` says cancelled (exit 6).
+# nor its .part file, and `p2vctl wait` says cancelled (exit 6). SIGTERM
+# checkpoints a running job, which the next start resumes.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/dbus_lib.sh"
 need_root
@@ -58,4 +59,19 @@ run_rc ctl job 2
 assert_eq 5 "$RC" "p2vctl job on a forgotten job"
 assert_eq "1 3 " "$(ctl --json jobs | python3 -c 'import json,sys; print(" ".join(j["id"] for j in json.load(sys.stdin)), end=" ")')" "jobs left"
 [[ ! -e $T/state/jobs/2 ]] || fail "the forgotten job's state directory is still there"
+
+# SIGTERM in the middle of a job: the daemon checkpoints it, exits 0 and
+# unmounts (stop_daemon asserts both); started again, the job goes on from
+# where it stopped and ends identical.
+ctl materialize pc1 disk.raw "$T/out/d.raw" --bwlimit 4M --block-size 1M >/dev/null
+wait_job_field 4 bytes_done $((6 * MiB)) 20
+stop_daemon "$mnt"
+assert_file_has_text "$DAEMON_LOG" "job 4: stopped with a checkpoint" "the daemon's log at SIGTERM"
+start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
+run_rc ctl wait 4
+assert_eq 0 "$RC" "wait for the job resumed after SIGTERM ($(cat "$T/run.out" "$T/run.err"))"
+resumed=$(job_field 4 bytes_resumed)
+assert_le $((6 * MiB)) "$resumed" "bytes resumed after SIGTERM"
+assert_eq $((24 * MiB)) $((resumed + $(job_field 4 bytes_copied))) "resumed + copied after SIGTERM"
+cmp "$src" "$T/out/d.raw" || fail "the copy resumed after SIGTERM differs"
 stop_daemon "$mnt"

@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <libnbd.h>
 #include <spdlog/spdlog.h>
-#include <stdio.h>
+#include <stdio.h> // renameat2, RENAME_NOREPLACE
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
@@ -68,7 +68,8 @@ public:
         // No hole punching here: zeros are written, as data.
         const auto& zeros = zero_buffer();
         for (uint64_t at = offset; at < offset + length;) {
-            const size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
+            const size_t n =
+                static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
             write(worker, zeros.data(), n, at);
             at += n;
         }
@@ -81,8 +82,8 @@ public:
                               POSIX_FADV_DONTNEED);
         const size_t n = pread_full(fd_.get(), buf, length, offset, part_);
         if (n != length)
-            throw Error(part_ + ": read of " + std::to_string(length) + " bytes at " +
-                            hex(offset) + " ended after " + std::to_string(n) +
+            throw Error(part_ + ": read of " + std::to_string(length) + " bytes at " + hex(offset) +
+                            " ended after " + std::to_string(n) +
                             " bytes: the file is shorter than the copy",
                         EIO);
     }
@@ -105,15 +106,14 @@ public:
                     err = errno;
                 }
             }
-            if (err == EEXIST)
-                throw Error(destination_ + ": exists already (made while the copy ran); the "
-                                           "copy stays in " +
-                                part_,
-                            err);
+            if (err == EEXIST) {
+                const std::string why = ": exists already (made while the copy ran); the copy "
+                                        "stays in ";
+                throw Error(destination_ + why + part_, err);
+            }
             if (err != 0)
-                throw Error(destination_ + ": cannot rename " + part_ + " to it: " +
-                                errno_text(err),
-                            err);
+                throw Error(
+                    destination_ + ": cannot rename " + part_ + " to it: " + errno_text(err), err);
         }
         fd_.reset();
         const std::string dir = std::filesystem::path(destination_).parent_path().string();
@@ -166,11 +166,11 @@ public:
                          uri_);
         const int64_t min_block = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
         const int64_t max_block = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
-        granularity_ = std::max<uint64_t>(page, min_block > 0 ? static_cast<uint64_t>(min_block) : 1);
+        granularity_ =
+            std::max<uint64_t>(page, min_block > 0 ? static_cast<uint64_t>(min_block) : 1);
         // The NBD specification's default maximum is 32 MiB.
-        max_request_ = std::min<uint64_t>(32u << 20,
-                                          max_block > 0 ? static_cast<uint64_t>(max_block)
-                                                        : 32u << 20);
+        max_request_ = std::min<uint64_t>(
+            32u << 20, max_block > 0 ? static_cast<uint64_t>(max_block) : 32u << 20);
         max_request_ = std::max<uint64_t>(max_request_ / granularity_ * granularity_, granularity_);
     }
 
@@ -245,8 +245,8 @@ private:
         if (!h)
             throw Error("NBD destination " + uri_ + ": " + nbd_error_text());
         const std::string name = "p2vfs-materialize-" + std::to_string(index);
-        if (nbd_set_handle_name(h, name.c_str()) == -1 || nbd_set_uri_allow_local_file(h, true) == -1 ||
-            nbd_connect_uri(h, uri_.c_str()) == -1) {
+        if (nbd_set_handle_name(h, name.c_str()) == -1 ||
+            nbd_set_uri_allow_local_file(h, true) == -1 || nbd_connect_uri(h, uri_.c_str()) == -1) {
             const std::string message = nbd_error_text();
             const int err = nbd_errno_or(EIO);
             nbd_close(h);

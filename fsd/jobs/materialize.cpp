@@ -48,9 +48,9 @@ struct Checkpoint {
     std::string view_name;
     uint64_t block_size = 0;
     std::string destination;
-    std::vector<uint64_t> done; // block numbers, ascending (encode)
+    std::vector<uint64_t> done;                      // block numbers, ascending (encode)
     std::vector<std::pair<uint64_t, uint64_t>> runs; // [first, count] (decode)
-    std::vector<uint32_t> crcs; // one per done block
+    std::vector<uint32_t> crcs;                      // one per done block
     bool complete = false;
 };
 
@@ -208,7 +208,8 @@ public:
     // When the caller may read `bytes`.
     Clock::time_point reserve(uint64_t bytes) {
         std::lock_guard lock(mutex_);
-        const auto earliest = Clock::now() - std::chrono::duration_cast<Clock::duration>(throttle_depth);
+        const auto earliest =
+            Clock::now() - std::chrono::duration_cast<Clock::duration>(throttle_depth);
         tat_ = std::max(tat_, earliest) + std::chrono::duration_cast<Clock::duration>(
                                               Seconds(static_cast<double>(bytes) / rate_));
         return tat_;
@@ -225,8 +226,8 @@ private:
 class BlockBuffer {
 public:
     explicit BlockBuffer(size_t size)
-        : data_(static_cast<unsigned char*>(::operator new(size, std::align_val_t{4096}))) {}
-    ~BlockBuffer() { ::operator delete(data_, std::align_val_t{4096}); }
+        : data_(static_cast<unsigned char*>(::operator new (size, std::align_val_t{4096}))) {}
+    ~BlockBuffer() { ::operator delete (data_, std::align_val_t{4096}); }
     BlockBuffer(const BlockBuffer&) = delete;
     BlockBuffer& operator=(const BlockBuffer&) = delete;
     unsigned char* data() const { return data_; }
@@ -302,13 +303,14 @@ struct Materialization::State {
     bool pause_requested = false;
     bool stop_requested = false;
     bool cancel_requested = false;
-    std::string run_error;               // a worker's failure: the first one
-    std::vector<uint64_t> mismatched;    // verify: blocks that differ
+    std::string run_error;            // a worker's failure: the first one
+    std::vector<uint64_t> mismatched; // verify: blocks that differ
     unsigned workers_running = 0;
-    bool loaded = false;                 // blocks/crcs hold the checkpoint
-    bool complete = false;               // every block synced (and verified, if asked)
+    bool loaded = false;   // blocks/crcs hold the checkpoint
+    std::string identity;  // the view's, as of the first load
+    bool complete = false; // every block synced (and verified, if asked)
     std::vector<Block> blocks;
-    std::vector<uint32_t> crcs;          // of Written and Done blocks
+    std::vector<uint32_t> crcs; // of Written and Done blocks
     uint64_t bytes_resumed = 0;
     uint64_t bytes_checkpointed = 0;
     mutable std::deque<std::pair<Clock::time_point, uint64_t>> samples; // for the rate
@@ -435,8 +437,8 @@ void Materialization::State::run_phases() {
     bool copy_needed = false;
     {
         std::lock_guard lock(mutex);
-        copy_needed = std::any_of(blocks.begin(), blocks.end(),
-                                  [](Block b) { return b != Block::Done; });
+        copy_needed =
+            std::any_of(blocks.begin(), blocks.end(), [](Block b) { return b != Block::Done; });
     }
     if (copy_needed) {
         set_phase("copying");
@@ -467,8 +469,9 @@ void Materialization::State::run_phases() {
     const uint64_t copied = bytes_copied;
     spdlog::info("materialized {}: {} in {:.1f} s ({}/s), {} written, {} resumed", describe(),
                  human_size(size), seconds,
-                 human_size(seconds > 0 ? static_cast<uint64_t>(static_cast<double>(copied) / seconds)
-                                        : copied),
+                 human_size(seconds > 0
+                                ? static_cast<uint64_t>(static_cast<double>(copied) / seconds)
+                                : copied),
                  human_size(bytes_written), human_size(bytes_resumed));
     set_state(JobState::Done);
 }
@@ -489,8 +492,8 @@ bool Materialization::State::load_and_open() {
     zero_crc_full = zero_crc(std::min(options.block_size, size));
     zero_crc_last = block_count ? zero_crc(block_length(block_count - 1)) : 0;
     dest_suspect = false;
-    const unsigned workers =
-        static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(options.parallel, block_count)));
+    const unsigned workers = static_cast<unsigned>(
+        std::max<uint64_t>(1, std::min<uint64_t>(options.parallel, block_count)));
 
     uint64_t resumed = 0;
     {
@@ -507,7 +510,8 @@ bool Materialization::State::load_and_open() {
     } else {
         const std::string part = partial_path(destination);
         std::error_code ec;
-        const bool dest_exists = std::filesystem::exists(std::filesystem::symlink_status(destination, ec));
+        const bool dest_exists =
+            std::filesystem::exists(std::filesystem::symlink_status(destination, ec));
         const bool part_exists = std::filesystem::exists(std::filesystem::symlink_status(part, ec));
         if (complete && dest_exists && !part_exists) {
             spdlog::info("materialization of {} was complete already", describe());
@@ -515,7 +519,8 @@ bool Materialization::State::load_and_open() {
             return false;
         }
         if (dest_exists)
-            throw Error(destination + ": exists already; a materialization does not overwrite a file",
+            throw Error(destination +
+                            ": exists already; a materialization does not overwrite a file",
                         EEXIST);
         if (resumed > 0 && !part_exists) {
             spdlog::warn("materialization of {}: {} is gone, though the checkpoint lists {} as "
@@ -538,6 +543,7 @@ bool Materialization::State::load_and_open() {
 
 void Materialization::State::load() {
     make_directories(job_dir);
+    const std::string now_identity = view->identity();
     bool exists = false;
     const std::string text = read_small_file(checkpoint_path, &exists);
     std::vector<Block> b(block_count, Block::Pending);
@@ -545,12 +551,11 @@ void Materialization::State::load() {
     bool was_complete = false;
     if (exists) {
         const Checkpoint cp = decode(text, checkpoint_path);
-        const std::string identity = view->identity();
-        if (cp.view_size != size || cp.view_identity != json_text(identity))
+        if (cp.view_size != size || cp.view_identity != json_text(now_identity))
             throw Error("the view changed since the job started: checkpoint " + checkpoint_path +
                             " was made for " + cp.view_identity + " (" +
                             std::to_string(cp.view_size) + " bytes), the view is now " +
-                            identity + " (" + std::to_string(size) +
+                            now_identity + " (" + std::to_string(size) +
                             " bytes); cancel the job to copy the new view from the start",
                         ESTALE);
         if (cp.block_size != options.block_size)
@@ -559,14 +564,15 @@ void Materialization::State::load() {
                             std::to_string(options.block_size),
                         EINVAL);
         if (cp.destination != json_text(destination))
-            throw Error("checkpoint " + checkpoint_path + " is for destination " +
-                            cp.destination + ", not " + destination,
+            throw Error("checkpoint " + checkpoint_path + " is for destination " + cp.destination +
+                            ", not " + destination,
                         EINVAL);
         size_t i = 0;
         for (const auto& [first, count] : cp.runs) {
             if (first >= block_count || count > block_count - first)
-                throw Error(checkpoint_path + ": not a usable materialization checkpoint: it "
-                                              "lists blocks up to " +
+                throw Error(checkpoint_path +
+                                ": not a usable materialization checkpoint: it "
+                                "lists blocks up to " +
                                 std::to_string(first + count - 1) + " of a disk of " +
                                 std::to_string(block_count) + " blocks",
                             EINVAL);
@@ -585,6 +591,7 @@ void Materialization::State::load() {
     blocks = std::move(b);
     crcs = std::move(c);
     complete = was_complete;
+    identity = now_identity;
     bytes_resumed = done_bytes_locked();
     bytes_checkpointed = bytes_resumed;
     loaded = true;
@@ -604,7 +611,7 @@ void Materialization::State::start_over(const std::string& why) {
     }
     Checkpoint cp;
     cp.view_size = size;
-    cp.view_identity = view->identity();
+    cp.view_identity = identity;
     cp.view_name = view->name();
     cp.block_size = options.block_size;
     cp.destination = destination;
@@ -707,8 +714,8 @@ bool Materialization::State::ended_by_request() {
     if (stop) {
         std::lock_guard lock(mutex);
         phase.clear();
-        spdlog::info("materialization of {} stopped at {} of {}; a restart resumes it",
-                     describe(), human_size(bytes_done), human_size(size));
+        spdlog::info("materialization of {} stopped at {} of {}; a restart resumes it", describe(),
+                     human_size(bytes_done), human_size(size));
         return true;
     }
     spdlog::info("materialization of {} paused at {} of {}", describe(), human_size(bytes_done),
@@ -742,7 +749,7 @@ void Materialization::State::checkpoint(bool force) {
     }
     Checkpoint cp;
     cp.view_size = size;
-    cp.view_identity = view->identity();
+    cp.view_identity = identity;
     cp.view_name = view->name();
     cp.block_size = options.block_size;
     cp.destination = destination;
@@ -821,14 +828,18 @@ bool Materialization::State::copy_block(unsigned worker, uint64_t b, unsigned ch
         throw Error("reading the allocation of " + view->name() + " at " + hex(offset) +
                     " (block " + std::to_string(b) + ") failed: " + e.what());
     }
-    const bool has_data = std::any_of(extents.begin(), extents.end(),
-                                      [](const Extent& e) { return e.type == ExtentType::Data; });
+    // The bandwidth limit is charged what the source must deliver: the
+    // block's data; its holes and zeros cost the source nothing to read.
+    uint64_t data_bytes = 0;
+    for (const Extent& e : extents)
+        if (e.type == ExtentType::Data)
+            data_bytes += e.length;
     uint32_t crc = 0;
-    if (!has_data) {
+    if (data_bytes == 0) {
         crc = length == options.block_size ? zero_crc_full : zero_crc_last;
         dest->write_zeros(worker, offset, length);
     } else {
-        if (!wait_for_throttle(length))
+        if (!wait_for_throttle(data_bytes))
             return false;
         try {
             view->read(buf, static_cast<size_t>(length), offset);
@@ -850,8 +861,8 @@ bool Materialization::State::copy_block(unsigned worker, uint64_t b, unsigned ch
 
 // Writes a block's data, leaving out the runs of zeros (by the destination's
 // granularity, from the block's start).
-void Materialization::State::write_runs(unsigned worker, const unsigned char* buf,
-                                        uint64_t offset, uint64_t length) {
+void Materialization::State::write_runs(unsigned worker, const unsigned char* buf, uint64_t offset,
+                                        uint64_t length) {
     const uint64_t g = dest->granularity();
     const auto emit = [&](uint64_t from, uint64_t to, bool zero) {
         if (zero) {
@@ -1029,8 +1040,8 @@ std::string to_string(JobState state) {
 }
 
 std::optional<JobState> job_state_from_string(std::string_view text) {
-    for (const JobState s : {JobState::Running, JobState::Paused, JobState::Done,
-                             JobState::Failed, JobState::Cancelled})
+    for (const JobState s : {JobState::Running, JobState::Paused, JobState::Done, JobState::Failed,
+                             JobState::Cancelled})
         if (text == to_string(s))
             return s;
     return std::nullopt;
@@ -1160,9 +1171,9 @@ void Materialization::wait() {
     // Until the callback has been told, so that a caller of wait() finds
     // every notification delivered.
     s.changed.wait(lock, [&] {
-        return s.stopped || (s.state_told && (s.state == JobState::Done ||
-                                              s.state == JobState::Failed ||
-                                              s.state == JobState::Cancelled));
+        return s.stopped ||
+               (s.state_told && (s.state == JobState::Done || s.state == JobState::Failed ||
+                                 s.state == JobState::Cancelled));
     });
 }
 
@@ -1187,7 +1198,8 @@ JobProgress Materialization::progress() const {
         if (s.samples.size() >= 2) {
             const double dt = Seconds(s.samples.back().first - s.samples.front().first).count();
             if (dt >= 0.2)
-                p.rate = static_cast<double>(s.samples.back().second - s.samples.front().second) / dt;
+                p.rate =
+                    static_cast<double>(s.samples.back().second - s.samples.front().second) / dt;
         }
         uint64_t remaining = 0;
         bool known = true;

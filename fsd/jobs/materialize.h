@@ -18,8 +18,9 @@
 //   done         runs of done blocks, [[first, count], ...], ascending
 //   crc32c       8 hex digits per done block, in block order: the CRC-32C
 //                of the block's bytes as read from the view
-//   verified     true once the whole copy was synced and verified (written
-//                just before a file destination is renamed into place)
+//   complete     true once every block was synced (and verified, when
+//                asked); written just before a file destination is renamed
+//                into place, so a restart after the rename reports Done
 //   checksum     CRC-32C of the object's compact dump without this field
 //
 // Crash rules. A checkpoint is written every `checkpoint_seconds` while
@@ -61,9 +62,12 @@
 namespace p2vfs {
 
 struct MaterializeOptions {
-    unsigned parallel = 4;  // worker threads (1..64)
-    uint64_t bandwidth = 0; // bytes per second read from the view, over all workers; 0 = unlimited
-    bool verify = true;     // read back what was written and compare checksums
+    unsigned parallel = 4; // worker threads (1..64)
+    // Bytes per second read from the view, over all workers (a shared token
+    // bucket charged for the data extents read; holes cost nothing); 0 =
+    // unlimited.
+    uint64_t bandwidth = 0;
+    bool verify = true; // read back what was written and compare checksums
     // The unit of work, checkpoint and checksum: a power of two from 64 KiB
     // to 256 MiB. Each worker holds one block in memory.
     uint64_t block_size = 4 << 20;
@@ -84,14 +88,14 @@ std::optional<JobState> job_state_from_string(std::string_view text);
 // A consistent snapshot of a job (see Materialization::progress()).
 struct JobProgress {
     JobState state = JobState::Paused;
-    std::string phase;           // "copying", "syncing", "verifying"; "" when not running
-    uint64_t bytes_total = 0;    // the view's size
-    uint64_t bytes_done = 0;     // bytes of the view finished (copied or resumed)
-    uint64_t bytes_copied = 0;   // bytes of the view handled by this process: read, or known
-                                 // zero from its extents (not counting resumed ones)
-    uint64_t bytes_resumed = 0;  // bytes found done in the checkpoint at start
-    uint64_t bytes_written = 0;  // data bytes written to the destination by this process
-                                 // (holes and zeros not counted)
+    std::string phase;               // "copying", "syncing", "verifying"; "" when not running
+    uint64_t bytes_total = 0;        // the view's size
+    uint64_t bytes_done = 0;         // bytes of the view finished (copied or resumed)
+    uint64_t bytes_copied = 0;       // bytes of the view handled by this process: read, or known
+                                     // zero from its extents (not counting resumed ones)
+    uint64_t bytes_resumed = 0;      // bytes found done in the checkpoint at start
+    uint64_t bytes_written = 0;      // data bytes written to the destination by this process
+                                     // (holes and zeros not counted)
     uint64_t bytes_checkpointed = 0; // bytes_done as of the last durable checkpoint
     uint64_t bytes_verified = 0;     // bytes read back and matched in the current verify pass
     double rate = 0;                 // bytes/s of the current phase over the last 5 seconds
@@ -102,10 +106,10 @@ struct JobProgress {
 class Materialization {
 public:
     // `job_dir`: this job's own directory (made if missing), where the
-    // checkpoint lives. `view`: what is copied. `destination`: a file name or
-    // an NBD URI (is_nbd_uri() in nbd-bridge/nbd_source.h). Nothing happens until start(); the state is
-    // Paused until then. Throws InvalidArgument for options out of range or
-    // an empty destination.
+    // checkpoint lives. `view`: what is copied. `destination`: a file name
+    // or an NBD URI (is_nbd_uri() in nbd-bridge/nbd_source.h). Nothing
+    // happens until start(); the state is Paused until then. Throws
+    // InvalidArgument for options out of range or an empty destination.
     Materialization(std::string job_dir, DevicePtr view, std::string destination,
                     MaterializeOptions options);
     // Stops like stop().
@@ -129,13 +133,16 @@ public:
     // or Done/Failed if it ended first.
     void pause();
 
-    // Paused (including never started) or Failed -> Running: a new run from
-    // what is done (a retry after a failure: from the last checkpoint).
+    // Paused or Failed -> Running: a new run from what is done (a retry
+    // after a failure: from the last checkpoint). On a job never started,
+    // the same as start().
     void resume();
 
-    // Stops the workers without waiting for their blocks, then removes
-    // DEST.part (not for NBD) and the checkpoint; state Cancelled. A Done
-    // job stays Done, its DEST untouched.
+    // Stops the workers (a block being read or written is finished, no
+    // other is taken, no checkpoint is written), then removes DEST.part (not
+    // for NBD: the export keeps what was written) and the checkpoint; state
+    // Cancelled. Also for a job never started here (one restored from its
+    // job_dir). A Done job stays Done, its DEST untouched.
     void cancel();
 
     // For daemon shutdown: stops the workers after their current block,

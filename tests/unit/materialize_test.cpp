@@ -439,8 +439,8 @@ TEST_F(MaterializeTest, VerifyCatchesADestinationChangedAfterTheCopy) {
     j->wait();
     p = j->progress();
     ASSERT_EQ(p.state, JobState::Failed);
-    EXPECT_EQ(p.error,
-              "verification failed: destination " + part_ + " differs at offset 0xa0000 (block 10)");
+    EXPECT_EQ(p.error, "verification failed: destination " + part_ +
+                           " differs at offset 0xa0000 (block 10)");
     EXPECT_FALSE(fs::exists(dest_));
 
     // The block that differed is no longer done: a retry copies it (and
@@ -474,8 +474,7 @@ TEST_F(MaterializeTest, ChangedViewIdentityFailsTheResume) {
     second->wait();
     const JobProgress p = second->progress();
     ASSERT_EQ(p.state, JobState::Failed);
-    EXPECT_NE(p.error.find("the view changed since the job started"), std::string::npos)
-        << p.error;
+    EXPECT_NE(p.error.find("the view changed since the job started"), std::string::npos) << p.error;
     EXPECT_NE(p.error.find("test-disk:1"), std::string::npos) << p.error;
     EXPECT_NE(p.error.find("test-disk:2"), std::string::npos) << p.error;
     EXPECT_EQ(disk->reads(), before);
@@ -607,8 +606,8 @@ TEST(MaterializeOptionsTest, OutOfRangeOptionsAreRefused) {
 }
 
 TEST(MaterializeStateTest, StateNamesRoundTrip) {
-    for (const JobState s : {JobState::Running, JobState::Paused, JobState::Done,
-                             JobState::Failed, JobState::Cancelled})
+    for (const JobState s : {JobState::Running, JobState::Paused, JobState::Done, JobState::Failed,
+                             JobState::Cancelled})
         EXPECT_EQ(job_state_from_string(to_string(s)), s);
     EXPECT_EQ(to_string(JobState::Cancelled), "cancelled");
     EXPECT_EQ(job_state_from_string("Running"), std::nullopt);
@@ -634,8 +633,8 @@ protected:
     // nbdkit's memory plugin: a writable export of `size` bytes.
     std::string serve_memory(uint64_t size) {
         const std::string sock = dir_ + "/nbd.sock";
-        std::vector<std::string> args{"nbdkit", "-f", "--exit-with-parent", "-U", sock,
-                                      "memory", std::to_string(size)};
+        std::vector<std::string> args{"nbdkit", "-f",     "--exit-with-parent", "-U",
+                                      sock,     "memory", std::to_string(size)};
         std::vector<char*> argv;
         for (auto& a : args)
             argv.push_back(a.data());

@@ -286,9 +286,20 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
     }
     if (persistent)
         save_source(*s);
-    spdlog::info("source '{}': {} ({}), {} view file(s){}", name, s->source->name(),
-                 human_size(s->source->size()), s->files.size(),
-                 s->overlay ? s->writable ? ", overlay writable" : ", overlay read-only" : "");
+    spdlog::info("source '{}': {} ({}), view files: {}", name, s->source->name(),
+                 human_size(s->source->size()), s->files.size());
+    if (s->overlay) {
+        std::string layers;
+        for (const auto& l : s->overlay->layers()) {
+            const auto info = l->info();
+            layers += (layers.empty() ? "" : ", ") + l->name() + " " +
+                      std::to_string(info.chunks) + " chunk(s)";
+        }
+        spdlog::info("source '{}': overlay {} ({}){}; the source itself in {}@pristine", name,
+                     s->overlay->dir(), layers,
+                     s->writable ? ", disk.raw writes to " + options.writable_layer : ", read-only",
+                     name);
+    }
     CoreObserver* observer;
     {
         std::lock_guard<std::mutex> lock(mutex_);

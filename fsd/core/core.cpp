@@ -479,7 +479,9 @@ void Core::save_job(Job& job) const {
                {{"parallel", job.options.parallel},
                 {"bandwidth", job.options.bandwidth},
                 {"verify", job.options.verify},
-                {"block_size", job.options.block_size}}},
+                {"block_size", job.options.block_size},
+                {"owner_uid", job.options.owner_uid},
+                {"owner_gid", job.options.owner_gid}}},
               {"progress", progress_json(p)}};
     replace_file(job.dir + "/job.json", j.dump(2) + "\n");
     std::lock_guard<std::mutex> lock(job.mutex);
@@ -537,6 +539,11 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
     job->view = view;
     job->destination = destination;
     job->options = options;
+    // The copy belongs to whoever asked for it.
+    if (!caller.is_root() && !nbd) {
+        job->options.owner_uid = caller.uid;
+        job->options.owner_gid = caller.gid;
+    }
     job->dir = options_.state_dir + "/jobs/" + job->id;
     make_directories(job->dir);
     job->saved.state = JobState::Running;
@@ -793,6 +800,8 @@ void Core::restore_job(const std::string& dir) {
         job->options.bandwidth = o.at("bandwidth").get<uint64_t>();
         job->options.verify = o.at("verify").get<bool>();
         job->options.block_size = o.at("block_size").get<uint64_t>();
+        job->options.owner_uid = o.value("owner_uid", int64_t{-1});
+        job->options.owner_gid = o.value("owner_gid", int64_t{-1});
         const json& p = j.at("progress");
         const auto state = job_state_from_string(p.at("state").get<std::string>());
         if (!state)

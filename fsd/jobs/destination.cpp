@@ -27,7 +27,8 @@ const std::vector<unsigned char>& zero_buffer() {
 
 class FileDestination : public Destination {
 public:
-    FileDestination(std::string destination, uint64_t size, bool keep_content)
+    FileDestination(std::string destination, uint64_t size, bool keep_content, int64_t uid,
+                    int64_t gid)
         : destination_(std::move(destination)), part_(partial_path(destination_)),
           fresh_(!keep_content) {
         fd_ = open_file(part_, O_RDWR | O_CREAT | (keep_content ? 0 : O_TRUNC), 0644);
@@ -36,6 +37,13 @@ public:
             throw Error(part_ + ": cannot stat: " + errno_text(errno), errno);
         if (!S_ISREG(st.st_mode))
             throw Error(part_ + ": not a regular file", EINVAL);
+        if ((uid >= 0 || gid >= 0) &&
+            ::fchown(fd_.get(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0) {
+            const int err = errno;
+            throw Error(part_ + ": cannot give it to uid " + std::to_string(uid) + ": " +
+                            errno_text(err),
+                        err);
+        }
         if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) {
             const int err = errno;
             throw Error(part_ + ": cannot set the size to " + std::to_string(size) +
@@ -296,8 +304,8 @@ std::string partial_path(const std::string& destination) {
 }
 
 std::unique_ptr<Destination> open_file_destination(const std::string& destination, uint64_t size,
-                                                   bool keep_content) {
-    return std::make_unique<FileDestination>(destination, size, keep_content);
+                                                   bool keep_content, int64_t uid, int64_t gid) {
+    return std::make_unique<FileDestination>(destination, size, keep_content, uid, gid);
 }
 
 std::unique_ptr<Destination> open_nbd_destination(const std::string& uri, uint64_t size,

@@ -62,10 +62,11 @@ std::string partial_path(const std::string& destination);
 
 // Opens DEST.part for a copy of `size` bytes. `keep_content` false: the file
 // is created or truncated, so it reads as one hole; true: reopened as it is
-// (resuming). Either way its size is set to `size` up front. Throws Error
-// naming the file.
+// (resuming). Either way its size is set to `size` up front, and it is
+// given owner `uid`:`gid` when those are >= 0. Throws Error naming the file.
 std::unique_ptr<Destination> open_file_destination(const std::string& destination, uint64_t size,
-                                                   bool keep_content);
+                                                   bool keep_content, int64_t uid = -1,
+                                                   int64_t gid = -1);
 
 // Connects `connections` times to the NBD export at `uri`. Refuses (Error
 // naming the URI) a read-only export or one smaller than `size`.

@@ -529,7 +529,8 @@ bool Materialization::State::load_and_open() {
             start_over(part + " was gone");
             resumed = 0;
         }
-        dest = open_file_destination(destination, size, resumed > 0);
+        dest = open_file_destination(destination, size, resumed > 0, options.owner_uid,
+                                         options.owner_gid);
     }
     if (resumed > 0)
         spdlog::info("resuming materialization of {}: {} of {} done at the last checkpoint",

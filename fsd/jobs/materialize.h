@@ -72,6 +72,10 @@ struct MaterializeOptions {
     // to 256 MiB. Each worker holds one block in memory.
     uint64_t block_size = 4 << 20;
     double checkpoint_seconds = 2; // how often progress is made durable (> 0)
+    // A file destination is given this owner (fchown) when >= 0: the daemon
+    // runs as root and writes copies for the callers who asked for them.
+    int64_t owner_uid = -1;
+    int64_t owner_gid = -1;
 };
 
 // Running: working, or about to (pause and stop requests are honoured at

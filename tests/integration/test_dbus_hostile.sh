@@ -111,6 +111,7 @@ ctl_as nobody add pub "$src" >/dev/null || fail "nobody cannot add a file it can
 run_rc ctl_as nobody materialize pub disk.raw "$T/shared/pub.raw" --wait
 assert_eq 0 "$RC" "nobody materializes into a directory it may write ($(cat "$T/run.err"))"
 cmp "$src" "$T/shared/pub.raw" || fail "nobody's copy differs"
+assert_eq "nobody:nogroup" "$(stat -c %U:%G "$T/shared/pub.raw")" "owner of nobody's copy"
 
 # Still serving, with exactly the two sources added.
 assert_eq "pc1 pub " "$(list_dir "$mnt")" "folders after the hostile calls"

@@ -17,6 +17,13 @@ start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
 ctl add pc1 "$src" >/dev/null
 mkdir "$T/out"
 
+# The signals of job 1, for the PropertiesChanged check below.
+need_cmd dbus-monitor
+dbus-monitor --address "$BUS_ADDRESS" "type='signal',path='/org/p2vfs1/jobs/1'" \
+    "type='signal',member='InterfacesAdded'" >"$T/signals.txt" 2>/dev/null &
+push_cleanup _kill_pid $!
+sleep 0.5
+
 # Pause and resume: 4 MiB/s gives six seconds to act in.
 ctl materialize pc1 disk.raw "$T/out/a.raw" --bwlimit 4M --block-size 1M >/dev/null
 wait_job_field 1 bytes_done $((4 * MiB)) 20
@@ -33,6 +40,15 @@ ctl resume 1 >/dev/null
 run_rc ctl wait 1
 assert_eq 0 "$RC" "wait for the resumed job"
 cmp "$src" "$T/out/a.raw" || fail "the paused and resumed copy differs"
+# The job announced itself and told its moves: InterfacesAdded, then
+# PropertiesChanged with State running, paused, running again and done.
+sleep 0.5
+grep -A1 'member=InterfacesAdded' "$T/signals.txt" | grep -q 'object path "/org/p2vfs1/jobs/1"' ||
+    fail "no InterfacesAdded for job 1"
+states=$(grep -A3 '"State"' "$T/signals.txt" | sed -n 's/.*string "\(running\|paused\|done\)".*/\1/p' | uniq | tr '\n' ' ')
+assert_eq "running paused running done " "$states" "State in job 1's PropertiesChanged signals"
+changes=$(grep -c 'member=PropertiesChanged' "$T/signals.txt")
+assert_le 6 "$changes" "PropertiesChanged signals of job 1 (progress at least every second)"
 
 # Cancel: nothing is left that looks like a copy.
 ctl materialize pc1 disk.raw "$T/out/b.raw" --bwlimit 4M --block-size 1M >/dev/null

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole flow through p2vctl on a private bus: add a source, list it,
-# expose a VHDX, materialize it with --wait. The copy is byte-identical to
+# expose a VHDX, materialize it with --wait (then a stream-optimized VMDK,
+# and to an NBD export). The copy is byte-identical to
 # the mount's VHDX file, compares identical to the source with qemu-img, is
 # sparse on disk, and the daemon brings source, view and job back after a
 # restart.
@@ -9,6 +10,7 @@ source "$(dirname "$0")/dbus_lib.sh"
 need_root
 need_cmd qemu-img
 need_cmd python3
+need_cmd nbdkit
 
 MiB=$((1024 * 1024))
 src=$T/pc1.img
@@ -69,10 +71,24 @@ assert j["bytes_done"] == j["bytes_total"] == j["bytes_verified"] > 0, j
 assert j["bytes_resumed"] == 0, j
 PY
 
+# A view whose bytes are computed (stream-optimized VMDK: the job prepares
+# it first) and an NBD destination (an nbdkit memory export).
+ctl expose pc1 vmdk-stream >/dev/null
+run_rc ctl materialize pc1 disk-stream.vmdk "$T/out/pc1-stream.vmdk" --wait
+assert_eq 0 "$RC" "materialize the stream-optimized VMDK ($(cat "$T/run.err"))"
+cmp "$T/out/pc1-stream.vmdk" "$mnt/pc1/disk-stream.vmdk" || fail "the stream VMDK copy differs from the mount's"
+qemu-img compare -q -f raw -F vmdk "$src" "$T/out/pc1-stream.vmdk" || fail "qemu-img compare: stream VMDK copy"
+bg_tracked nbdkit --foreground --unix "$T/dest.sock" memory 256M
+wait_for 10 test -S "$T/dest.sock" || fail "nbdkit (destination) did not start"
+run_rc ctl materialize pc1 disk.raw "nbd+unix:///?socket=$T/dest.sock" --wait
+assert_eq 0 "$RC" "materialize to an NBD export ($(cat "$T/run.err"))"
+qemu-img compare -q -f raw -F raw "$src" "nbd+unix:///?socket=$T/dest.sock" ||
+    fail "qemu-img compare: the NBD export differs from the source"
+
 # A restart brings the source, its exposed view and the job back.
 stop_daemon "$mnt"
 start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
-assert_eq "disk.raw disk.vhdx " "$(list_dir "$mnt/pc1")" "files of pc1 after a restart"
+assert_eq "disk-stream.vmdk disk.raw disk.vhdx " "$(list_dir "$mnt/pc1")" "files of pc1 after a restart"
 cmp "$T/out/pc1.vhdx" "$mnt/pc1/disk.vhdx" || fail "disk.vhdx changed across the restart"
 assert_eq done "$(job_field 1 state)" "job 1 after the restart"
 

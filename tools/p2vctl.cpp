@@ -380,8 +380,10 @@ int wait_for(Context& ctx, const std::string& path) {
     if (ctx.json_output)
         std::printf("%s\n", job_json(p).dump(2).c_str());
     else if (state == "done")
-        std::printf("job %s: done, %s written to %s\n", text(p, "Id").c_str(),
-                    human_size(number(p, "BytesTotal")).c_str(), text(p, "Destination").c_str());
+        std::printf("job %s: done: %s (%s, %s of data written%s)\n", text(p, "Id").c_str(),
+                    text(p, "Destination").c_str(), human_size(number(p, "BytesTotal")).c_str(),
+                    human_size(number(p, "BytesWritten")).c_str(),
+                    number(p, "BytesVerified") == number(p, "BytesTotal") ? ", verified" : "");
     else
         std::printf("job %s: %s%s%s\n", text(p, "Id").c_str(), state.c_str(),
                     text(p, "Error").empty() ? "" : ": ", text(p, "Error").c_str());

@@ -42,7 +42,7 @@ struct Core::Job {
     MaterializeOptions options;
 
     std::mutex mutex; // everything below
-    std::unique_ptr<Materialization> engine; // null until started
+    std::shared_ptr<Materialization> engine; // null until started
     JobProgress saved{};      // the state job.json holds, shown while there is no engine
     JobState persisted = JobState::Running;
     std::thread starter;      // prepares a computed view, then starts the engine
@@ -501,10 +501,13 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
             throw InvalidArgument("destination '" + destination +
                                   "': not a path or an NBD URI (nbd://, nbds://, nbd+unix://)");
         check_absolute_path("destination", destination);
+        // The caller's rights first: existence is not news to give about a
+        // directory the caller cannot look into.
+        check_can_create(caller, destination);
         struct stat st;
         if (::lstat(destination.c_str(), &st) == 0)
             throw AlreadyExists("destination " + destination + " exists already");
-        check_can_create(caller, destination);
+
     } else if (const auto q = destination.find("socket="); q != std::string::npos) {
         std::string socket = destination.substr(q + 7);
         socket = socket.substr(0, socket.find('&'));
@@ -533,6 +536,10 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
             if (st == JobState::Running || st == JobState::Paused)
                 throw Busy("job " + id + " writes to " + destination + " already");
         }
+        struct stat st;
+        if (!nbd && ::lstat((destination + ".part").c_str(), &st) == 0)
+            throw AlreadyExists("destination " + destination + ".part exists already (a partial "
+                                "copy from elsewhere?); remove it first");
         job->id = std::to_string(next_job_++);
     }
     job->source = source_name;
@@ -545,7 +552,11 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
         job->options.owner_gid = caller.gid;
     }
     job->dir = options_.state_dir + "/jobs/" + job->id;
-    make_directories(job->dir);
+    make_directories(options_.state_dir + "/jobs");
+    if (::mkdir(job->dir.c_str(), 0700) != 0)
+        throw Error("job directory " + job->dir + ": " + errno_text(errno) +
+                        " (left by a job whose record could not be read?)",
+                    errno);
     job->saved.state = JobState::Running;
     save_job(*job);
     CoreObserver* observer;
@@ -573,23 +584,16 @@ void Core::start_job(const std::shared_ptr<Job>& job) {
                 if (f.name == job->view)
                     file = f;
     }
-    std::lock_guard<std::mutex> lock(job->mutex);
-    if (job->starter.joinable())
-        job->starter.join();
-    if (!file.device) {
-        job->saved.state = JobState::Failed;
-        job->saved.error = "source '" + job->source + "' or its view '" + job->view +
-                           "' is not there (was the source removed?)";
-        monitor_wake_.notify_all();
-        return;
+    std::thread previous;
+    {
+        std::lock_guard<std::mutex> lock(job->mutex);
+        previous = std::move(job->starter);
     }
-    job->abandon = false;
-    job->saved.state = JobState::Running;
-    job->saved.phase = "preparing";
-    job->saved.error.clear();
-    job->starter = std::thread([this, job, file] {
+    if (previous.joinable())
+        previous.join();
+    // Makes the engine over `dev` and starts it; a failure fails the job.
+    auto run = [this, job](DevicePtr dev) {
         try {
-            DevicePtr dev = file.live ? file.live->make() : file.device;
             if (prepared_view_of(*dev)) {
                 const auto log = logged_progress("job " + job->id + ": " + job->view);
                 dev = prepared(dev, [&](uint64_t done, uint64_t total) {
@@ -598,7 +602,7 @@ void Core::start_job(const std::shared_ptr<Job>& job) {
                     log(done, total);
                 });
             }
-            auto engine = std::make_unique<Materialization>(job->dir, dev, job->destination,
+            auto engine = std::make_shared<Materialization>(job->dir, dev, job->destination,
                                                             job->options);
             engine->on_change([this] { monitor_wake_.notify_all(); });
             std::lock_guard<std::mutex> held(job->mutex);
@@ -616,7 +620,35 @@ void Core::start_job(const std::shared_ptr<Job>& job) {
             spdlog::error("job {}: {}", job->id, e.what());
         }
         monitor_wake_.notify_all();
-    });
+    };
+    DevicePtr dev;
+    try {
+        if (!file.device)
+            throw Error("source '" + job->source + "' or its view '" + job->view +
+                        "' is not there (was the source removed?)");
+        dev = file.live ? file.live->make() : file.device;
+    } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(job->mutex);
+        job->saved.state = JobState::Failed;
+        job->saved.phase.clear();
+        job->saved.error = e.what();
+        monitor_wake_.notify_all();
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(job->mutex);
+        job->abandon = false;
+        job->saved.state = JobState::Running;
+        job->saved.error.clear();
+        job->saved.phase = prepared_view_of(*dev) ? "preparing" : "";
+        // A view whose bytes are computed is prepared first, on a thread of
+        // the job's own (a pass over the whole disk).
+        if (prepared_view_of(*dev)) {
+            job->starter = std::thread(run, dev);
+            return;
+        }
+    }
+    run(dev);
 }
 
 std::vector<JobInfo> Core::jobs() const {
@@ -642,10 +674,10 @@ JobInfo Core::job(const std::string& id) const {
 void Core::pause_job(const Caller& caller, const std::string& id) {
     check_control(caller, "pause jobs");
     const auto j = find_job(id);
-    Materialization* engine;
+    std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine.get();
+        engine = j->engine;
         const JobState st = engine ? engine->progress().state : j->saved.state;
         if (st != JobState::Running)
             throw InvalidState("job " + id + " is " + to_string(st) + ", not running");
@@ -659,10 +691,10 @@ void Core::pause_job(const Caller& caller, const std::string& id) {
 void Core::resume_job(const Caller& caller, const std::string& id) {
     check_control(caller, "resume jobs");
     const auto j = find_job(id);
-    Materialization* engine;
+    std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine.get();
+        engine = j->engine;
         const JobState st = engine ? engine->progress().state : j->saved.state;
         if (st != JobState::Paused && st != JobState::Failed)
             throw InvalidState("job " + id + " is " + to_string(st) +
@@ -678,10 +710,10 @@ void Core::resume_job(const Caller& caller, const std::string& id) {
 void Core::cancel_job(const Caller& caller, const std::string& id) {
     check_control(caller, "cancel jobs");
     const auto j = find_job(id);
-    Materialization* engine;
+    std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine.get();
+        engine = j->engine;
         const JobState st = engine ? engine->progress().state : j->saved.state;
         if (st == JobState::Done || st == JobState::Cancelled)
             throw InvalidState("job " + id + " is " + to_string(st) + " already");
@@ -777,6 +809,13 @@ void Core::restore() {
     }
     std::sort(ids.begin(), ids.end(),
               [](const std::string& a, const std::string& b) { return std::stoull(a) < std::stoull(b); });
+    // Every job directory keeps its id, restored or not: a record that could
+    // not be read now is not to be overwritten by a new job.
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (const std::string& id : ids)
+            next_job_ = std::max<uint64_t>(next_job_, std::stoull(id) + 1);
+    }
     for (const std::string& id : ids)
         restore_job(jobs_dir + "/" + id);
 }

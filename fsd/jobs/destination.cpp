@@ -9,8 +9,10 @@
 #include <filesystem>
 #include <libnbd.h>
 #include <spdlog/spdlog.h>
+#include <linux/openat2.h>
 #include <stdio.h> // renameat2, RENAME_NOREPLACE
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <vector>
 
@@ -25,18 +27,42 @@ const std::vector<unsigned char>& zero_buffer() {
     return zeros;
 }
 
+std::string base_name(const std::string& path) {
+    return std::filesystem::path(path).filename().string();
+}
+
 class FileDestination : public Destination {
 public:
     FileDestination(std::string destination, uint64_t size, bool keep_content, int64_t uid,
                     int64_t gid)
         : destination_(std::move(destination)), part_(partial_path(destination_)),
-          fresh_(!keep_content) {
-        fd_ = open_file(part_, O_RDWR | O_CREAT | (keep_content ? 0 : O_TRUNC), 0644);
+          base_(base_name(destination_)), fresh_(!keep_content) {
+        // Everything happens relative to the directory opened once: a
+        // directory swapped for a symlink later cannot move the copy.
+        const bool for_caller = uid >= 0 || gid >= 0;
+        dir_ = open_destination_directory(destination_, for_caller);
+        // O_NOFOLLOW: a symlink planted at DEST.part is not written through;
+        // one link only: nor is a hard link to someone else's file.
+        const int fd = ::openat(dir_.get(), (base_ + ".part").c_str(),
+                                O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            const int err = errno;
+            throw Error(part_ + ": cannot open: " +
+                            (err == ELOOP ? std::string("it is a symlink") : errno_text(err)),
+                        err);
+        }
+        fd_ = UniqueFd(fd);
         struct stat st;
         if (::fstat(fd_.get(), &st) != 0)
             throw Error(part_ + ": cannot stat: " + errno_text(errno), errno);
         if (!S_ISREG(st.st_mode))
             throw Error(part_ + ": not a regular file", EINVAL);
+        if (st.st_nlink != 1)
+            throw Error(part_ + ": has " + std::to_string(st.st_nlink) +
+                            " links; a partial copy must have one",
+                        EINVAL);
+        if (!keep_content && ::ftruncate(fd_.get(), 0) != 0)
+            throw Error(part_ + ": cannot truncate: " + errno_text(errno), errno);
         if ((uid >= 0 || gid >= 0) &&
             ::fchown(fd_.get(), static_cast<uid_t>(uid), static_cast<gid_t>(gid)) != 0) {
             const int err = errno;
@@ -103,12 +129,13 @@ public:
         // RENAME_NOREPLACE: a DEST made by someone else while the copy ran is
         // not overwritten. Where the file system lacks it, link + unlink does
         // the same (link never replaces).
-        if (::renameat2(AT_FDCWD, part_.c_str(), AT_FDCWD, destination_.c_str(),
+        const std::string part_name = base_ + ".part";
+        if (::renameat2(dir_.get(), part_name.c_str(), dir_.get(), base_.c_str(),
                         RENAME_NOREPLACE) != 0) {
             int err = errno;
             if (err == EINVAL || err == ENOSYS) {
-                if (::link(part_.c_str(), destination_.c_str()) == 0) {
-                    ::unlink(part_.c_str());
+                if (::linkat(dir_.get(), part_name.c_str(), dir_.get(), base_.c_str(), 0) == 0) {
+                    ::unlinkat(dir_.get(), part_name.c_str(), 0);
                     err = 0;
                 } else {
                     err = errno;
@@ -124,14 +151,22 @@ public:
                     destination_ + ": cannot rename " + part_ + " to it: " + errno_text(err), err);
         }
         fd_.reset();
-        const std::string dir = std::filesystem::path(destination_).parent_path().string();
-        sync_directory(dir.empty() ? "." : dir);
+        const int d = ::openat(dir_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d < 0 || ::fsync(d) != 0) {
+            const int err = errno;
+            if (d >= 0)
+                ::close(d);
+            throw Error(destination_ + ": cannot sync its directory: " + errno_text(err), err);
+        }
+        ::close(d);
     }
 
 private:
     std::string destination_;
     std::string part_;
+    std::string base_;
     bool fresh_;
+    UniqueFd dir_;
     UniqueFd fd_;
 };
 
@@ -301,6 +336,35 @@ private:
 
 std::string partial_path(const std::string& destination) {
     return destination + ".part";
+}
+
+UniqueFd open_destination_directory(const std::string& destination, bool no_symlinks) {
+    std::string dir = std::filesystem::path(destination).parent_path().string();
+    if (dir.empty())
+        dir = ".";
+    struct open_how how {};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    // For a caller other than root, no symlink anywhere in the path: the
+    // caller's access was checked by path, and a symlink it controls could
+    // point the daemon's writes elsewhere between the check and the open.
+    how.resolve = no_symlinks ? RESOLVE_NO_SYMLINKS : 0;
+    const long fd = ::syscall(SYS_openat2, AT_FDCWD, dir.c_str(), &how, sizeof how);
+    if (fd < 0) {
+        const int err = errno;
+        throw Error(destination + ": cannot open its directory " + dir + ": " +
+                        (err == ELOOP ? std::string("the path has a symlink, which a copy for "
+                                                    "another user may not go through")
+                                      : errno_text(err)),
+                    err);
+    }
+    return UniqueFd(static_cast<int>(fd));
+}
+
+void remove_partial(const std::string& destination, bool no_symlinks) {
+    const UniqueFd dir = open_destination_directory(destination, no_symlinks);
+    const std::string name = base_name(destination) + ".part";
+    if (::unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT)
+        throw Error(partial_path(destination) + ": cannot remove: " + errno_text(errno), errno);
 }
 
 std::unique_ptr<Destination> open_file_destination(const std::string& destination, uint64_t size,

@@ -14,6 +14,8 @@
 // when no worker is left.
 #pragma once
 
+#include "common/file_io.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -59,6 +61,14 @@ public:
 
 // The name a file destination is written under until it is complete.
 std::string partial_path(const std::string& destination);
+
+// The directory of a file destination, opened O_PATH; with `no_symlinks`
+// (a copy made for a caller other than root) a symlink anywhere in its path
+// is refused. Throws Error naming the destination.
+UniqueFd open_destination_directory(const std::string& destination, bool no_symlinks);
+
+// Removes DEST.part (gone already is fine), through that directory.
+void remove_partial(const std::string& destination, bool no_symlinks);
 
 // Opens DEST.part for a copy of `size` bytes. `keep_content` false: the file
 // is created or truncated, so it reads as one hole; true: reopened as it is

@@ -1130,10 +1130,11 @@ void Materialization::cancel() {
             return; // it finished first
     }
     if (!s.nbd) {
-        const std::string part = partial_path(s.destination);
-        if (::unlink(part.c_str()) != 0 && errno != ENOENT)
-            spdlog::warn("materialization of {}: cannot remove {}: {}", s.describe(), part,
-                         errno_text(errno));
+        try {
+            remove_partial(s.destination, s.options.owner_uid >= 0 || s.options.owner_gid >= 0);
+        } catch (const Error& e) {
+            spdlog::warn("materialization of {}: {}", s.describe(), e.what());
+        }
     }
     for (const std::string& f : {s.checkpoint_path, s.checkpoint_path + ".tmp"})
         if (::unlink(f.c_str()) != 0 && errno != ENOENT)

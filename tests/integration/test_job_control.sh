@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/dbus_lib.sh"
 need_root
 need_cmd python3
+need_cmd script
 
 MiB=$((1024 * 1024))
 src=$T/src.img
@@ -76,18 +77,27 @@ assert_eq 5 "$RC" "p2vctl job on a forgotten job"
 assert_eq "1 3 " "$(ctl --json jobs | python3 -c 'import json,sys; print(" ".join(j["id"] for j in json.load(sys.stdin)), end=" ")')" "jobs left"
 [[ ! -e $T/state/jobs/2 ]] || fail "the forgotten job's state directory is still there"
 
+# On a terminal, --wait draws a progress bar on stderr (script(1) gives
+# p2vctl a pseudo-terminal).
+script -qec "$P2VCTL --bus $BUS_ADDRESS materialize pc1 disk.raw $T/out/e.raw --bwlimit 8M --block-size 1M --wait" \
+    /dev/null >"$T/tty.out" </dev/null
+assert_file_contains "$T/tty.out" 'copying +\[#+\.*\] +[0-9.]+% .*/s ETA' "progress bar on a terminal"
+assert_file_contains "$T/tty.out" 'verifying \[' "progress bar of the verification"
+assert_file_has_text "$T/tty.out" "job 4: done: $T/out/e.raw (24 MiB, 24 MiB of data written, verified)" "final line on a terminal"
+rm "$T/out/e.raw"
+
 # SIGTERM in the middle of a job: the daemon checkpoints it, exits 0 and
 # unmounts (stop_daemon asserts both); started again, the job goes on from
 # where it stopped and ends identical.
 ctl materialize pc1 disk.raw "$T/out/d.raw" --bwlimit 4M --block-size 1M >/dev/null
-wait_job_field 4 bytes_done $((6 * MiB)) 20
+wait_job_field 5 bytes_done $((6 * MiB)) 20
 stop_daemon "$mnt"
-assert_file_has_text "$DAEMON_LOG" "job 4: stopped with a checkpoint" "the daemon's log at SIGTERM"
+assert_file_has_text "$DAEMON_LOG" "job 5: stopped with a checkpoint" "the daemon's log at SIGTERM"
 start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
-run_rc ctl wait 4
+run_rc ctl wait 5
 assert_eq 0 "$RC" "wait for the job resumed after SIGTERM ($(cat "$T/run.out" "$T/run.err"))"
-resumed=$(job_field 4 bytes_resumed)
+resumed=$(job_field 5 bytes_resumed)
 assert_le $((6 * MiB)) "$resumed" "bytes resumed after SIGTERM"
-assert_eq $((24 * MiB)) $((resumed + $(job_field 4 bytes_copied))) "resumed + copied after SIGTERM"
+assert_eq $((24 * MiB)) $((resumed + $(job_field 5 bytes_copied))) "resumed + copied after SIGTERM"
 cmp "$src" "$T/out/d.raw" || fail "the copy resumed after SIGTERM differs"
 stop_daemon "$mnt"

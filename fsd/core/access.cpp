@@ -114,6 +114,25 @@ void check_can_read(const Caller& caller, const std::string& path) {
     // Other failures (no such file) are the opening's to report.
 }
 
+UniqueFd open_as_caller(const Caller& caller, const std::string& path) {
+    const int flags = O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC;
+    int fd = -1;
+    const int err = caller.is_root() ? 0 : as_caller(caller, [&] {
+        fd = ::open(path.c_str(), flags);
+        return fd < 0 ? errno : 0;
+    });
+    if (caller.is_root()) {
+        fd = ::open(path.c_str(), flags);
+        if (fd < 0)
+            throw Error(path + ": " + errno_text(errno), errno);
+    }
+    if (err == EACCES || err == EPERM)
+        throw AccessDenied(caller.describe() + " cannot read " + path);
+    if (err != 0)
+        throw Error(path + ": " + errno_text(err), err);
+    return UniqueFd(fd);
+}
+
 void check_can_create(const Caller& caller, const std::string& path) {
     if (caller.is_root())
         return;

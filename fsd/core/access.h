@@ -12,6 +12,7 @@
 #pragma once
 
 #include "common/error.h"
+#include "common/file_io.h"
 
 #include <optional>
 #include <string>
@@ -43,6 +44,13 @@ bool may_control(const Caller& caller, std::optional<gid_t> control_group);
 // Throws AccessDenied ("uid 1000 (alice) cannot read /dev/sda") unless the
 // caller could open `path` for reading. Root passes.
 void check_can_read(const Caller& caller, const std::string& path);
+
+// Opens `path` for reading as the caller would (O_RDONLY|O_NONBLOCK), so
+// that what the daemon opens afterwards can be compared with it (fstat):
+// a path checked and then opened again could have changed in between.
+// Throws AccessDenied as check_can_read, Error for other failures. Root
+// gets an fd opened the ordinary way.
+UniqueFd open_as_caller(const Caller& caller, const std::string& path);
 
 // Throws AccessDenied unless the caller could create `path` (write and
 // search rights on its directory). Root passes.

@@ -144,6 +144,22 @@ std::string describe(const JobProgress& p) {
            p.error;
 }
 
+// The source the daemon opened must be the very file the caller opened (a
+// path can be changed between the caller's check and the daemon's open).
+void check_same_file(const std::string& name, const UniqueFd& callers, const DevicePtr& source) {
+    std::optional<FdSpan> span;
+    if (source->size() > 0)
+        span = source->fd_span(0, 1);
+    struct stat a {}, b {};
+    if (!span || ::fstat(callers.get(), &a) != 0 || ::fstat(span->fd, &b) != 0)
+        throw AccessDenied("source '" + name + "': callers other than root may add raw files "
+                           "and block devices read directly (not images read through qemu-nbd, "
+                           "and not with --direct): the daemon cannot confirm this is the file "
+                           "the caller may read");
+    if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        throw AccessDenied("source '" + name + "': the path changed while it was being added");
+}
+
 } // namespace
 
 void check_source_name(const std::string& name) {
@@ -198,10 +214,25 @@ SourceInfo Core::add_source(const Caller& caller, const std::string& name, const
         (options.formats && options.formats->size() > Limits::options))
         throw InvalidArgument("too many views");
     const auto path = local_path_of(uri);
+    UniqueFd callers_file; // what the caller opened: the source must be that file
     if (path) {
         if (options.persist)
             check_absolute_path("source path", *path);
-        check_can_read(caller, *path);
+        if (!caller.is_root()) {
+            // Images read through qemu-nbd, and snapshots, are opened by path
+            // by another process (their backing files too): nothing ties what
+            // it opens to what the caller may read.
+            if (uri != *path && !uri.starts_with("raw:"))
+                throw AccessDenied(caller.describe() + " may add plain files and devices only; "
+                                   "images read through qemu-nbd and snapshots are for root");
+            try {
+                callers_file = open_as_caller(caller, *path);
+            } catch (const AccessDenied&) {
+                throw;
+            } catch (const Error& e) {
+                throw SourceFailed("source '" + name + "': " + e.what(), e.error_number());
+            }
+        }
     } else if (const auto q = uri.find("socket="); q != std::string::npos) {
         // nbd+unix://...?socket=PATH: the caller must be able to reach it.
         std::string socket = uri.substr(q + 7);
@@ -213,11 +244,13 @@ SourceInfo Core::add_source(const Caller& caller, const std::string& name, const
         if (sources_.count(name))
             throw AlreadyExists("a source named '" + name + "' exists already");
     }
-    return open_and_mount(name, uri, options, options.persist);
+    return open_and_mount(name, uri, options, options.persist,
+                          callers_file ? &callers_file : nullptr);
 }
 
 SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
-                                const AddSourceOptions& options, bool persistent) {
+                                const AddSourceOptions& options, bool persistent,
+                                const UniqueFd* callers_file) {
     auto s = std::make_shared<Source>();
     s->name = name;
     s->uri = uri;
@@ -233,6 +266,8 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
     } catch (const Error& e) {
         throw SourceFailed("source '" + name + "': " + e.what(), e.error_number());
     }
+    if (callers_file)
+        check_same_file(name, *callers_file, s->source);
     s->disk = s->source;
     try {
         if (s->writable || Overlay::exists(options_.state_dir, name)) {

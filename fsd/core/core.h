@@ -191,7 +191,8 @@ public:
 private:
     void check_control(const Caller& caller, const char* what) const;
     SourceInfo open_and_mount(const std::string& name, const std::string& uri,
-                              const AddSourceOptions& options, bool persistent);
+                              const AddSourceOptions& options, bool persistent,
+                              const UniqueFd* callers_file = nullptr);
     void save_source(const Source& s) const;
     std::shared_ptr<Job> find_job(const std::string& id) const;
     void save_job(Job& job) const;

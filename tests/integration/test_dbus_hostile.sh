@@ -8,6 +8,7 @@ source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/dbus_lib.sh"
 need_root
 need_cmd setpriv
+need_cmd qemu-img
 /usr/bin/python3 -c 'import dbus.bus' 2>/dev/null || skip "python3-dbus is not installed (for /usr/bin/python3)"
 id nobody >/dev/null 2>&1 || skip "no user 'nobody'"
 id daemon >/dev/null 2>&1 || skip "no user 'daemon'"
@@ -103,6 +104,16 @@ secret=$T/secret.img
 truncate -s 1M "$secret"
 chmod 600 "$secret"
 expect_error 4 $E.AccessDenied "cannot read $secret" ctl_as nobody add sec "$secret"
+# Images read through qemu-nbd (and their backing files) and snapshots are
+# opened by path by another process: only root may add them.
+qemu-img create -q -f qcow2 "$T/img.qcow2" 16M
+chmod 644 "$T/img.qcow2"
+expect_error 4 $E.AccessDenied "callers other than root may add raw files and block devices" \
+    ctl_as nobody add img "$T/img.qcow2"
+expect_error 4 $E.AccessDenied "images read through qemu-nbd and snapshots are for root" \
+    ctl_as nobody add img "qcow2:$T/img.qcow2"
+expect_error 4 $E.AccessDenied "images read through qemu-nbd and snapshots are for root" \
+    ctl_as nobody add snap "snapshot:$src"
 mkdir -m 700 "$T/rootonly"
 expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
     ctl_as nobody materialize pc1 disk.raw "$T/rootonly/x.raw"

@@ -169,10 +169,19 @@ public:
     SourceObject(sdbus::IConnection& c, Core& core, std::string name)
         : AdaptorInterfaces(c, source_object_path(name)), core_(core), name_(std::move(name)) {
         registerAdaptor();
-        emitInterfacesAddedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+        try {
+            emitInterfacesAddedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+        } catch (const sdbus::Error& e) {
+            spdlog::debug("D-Bus: {}", e.getMessage());
+        }
     }
     virtual ~SourceObject() {
-        emitInterfacesRemovedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+        // The bus may be gone (the daemon stopping after it lost it).
+        try {
+            emitInterfacesRemovedSignal({org::p2vfs1::Source_adaptor::INTERFACE_NAME});
+        } catch (const sdbus::Error& e) {
+            spdlog::debug("D-Bus: {}", e.getMessage());
+        }
         unregisterAdaptor();
     }
     void views_changed() {
@@ -228,10 +237,19 @@ public:
     JobObject(sdbus::IConnection& c, Core& core, std::string id)
         : AdaptorInterfaces(c, job_object_path(id)), core_(core), id_(std::move(id)) {
         registerAdaptor();
-        emitInterfacesAddedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+        try {
+            emitInterfacesAddedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+        } catch (const sdbus::Error& e) {
+            spdlog::debug("D-Bus: {}", e.getMessage());
+        }
     }
     virtual ~JobObject() {
-        emitInterfacesRemovedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+        // The bus may be gone (the daemon stopping after it lost it).
+        try {
+            emitInterfacesRemovedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
+        } catch (const sdbus::Error& e) {
+            spdlog::debug("D-Bus: {}", e.getMessage());
+        }
         unregisterAdaptor();
     }
     void moved() {

@@ -43,4 +43,22 @@ wait "$listener" || fail "the listener did not see STOPPING=1"
 assert_eq "READY=1
 STOPPING=1" "$(cat "$T/notify.txt")" "notifications, in order"
 is_mounted "$mnt" && fail "still mounted after SIGTERM"
+
+# The bus goes away under a daemon with sources: it cannot be controlled any
+# more, so it stops as on SIGTERM (exit 0, unmounted), without a crash.
+src=$T/pc1.img
+truncate -s 8M "$src"
+start_bus_daemon "$mnt" --state-dir "$T/state"
+ctl add pc1 "$src" >/dev/null
+ctl materialize pc1 disk.raw "$T/copy.raw" --wait >/dev/null
+bus_pid=$(pgrep -f "dbus-daemon --config-file=$T/bus/bus.conf") || fail "no dbus-daemon found"
+kill -TERM "$bus_pid"
+wait_for 20 bash -c "! kill -0 $DAEMON_PID 2>/dev/null" || fail "p2vfsd still runs 20 s after its bus went away"
+rc=0
+wait "$DAEMON_PID" || rc=$?
+_REAPED[$DAEMON_PID]=1
+assert_eq 0 "$rc" "exit status after the bus went away"
+assert_file_has_text "$DAEMON_LOG" "D-Bus connection lost" "the daemon's log"
+assert_file_lacks "$DAEMON_LOG" "terminate called|Aborted|AddressSanitizer" "the daemon's log"
+is_mounted "$mnt" && fail "still mounted after the bus went away"
 true

@@ -53,6 +53,10 @@ struct Core::Job {
         std::lock_guard<std::mutex> lock(mutex);
         return engine ? engine->progress() : saved;
     }
+    // The engine (null before it started) and the state, with `mutex` held.
+    std::pair<std::shared_ptr<Materialization>, JobState> engine_and_state_locked() const {
+        return {engine, engine ? engine->progress().state : saved.state};
+    }
 };
 
 namespace {
@@ -712,8 +716,8 @@ void Core::pause_job(const Caller& caller, const std::string& id) {
     std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine;
-        const JobState st = engine ? engine->progress().state : j->saved.state;
+        JobState st;
+        std::tie(engine, st) = j->engine_and_state_locked();
         if (st != JobState::Running)
             throw InvalidState("job " + id + " is " + to_string(st) + ", not running");
         if (!engine)
@@ -729,8 +733,8 @@ void Core::resume_job(const Caller& caller, const std::string& id) {
     std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine;
-        const JobState st = engine ? engine->progress().state : j->saved.state;
+        JobState st;
+        std::tie(engine, st) = j->engine_and_state_locked();
         if (st != JobState::Paused && st != JobState::Failed)
             throw InvalidState("job " + id + " is " + to_string(st) +
                                "; only paused and failed jobs resume");
@@ -748,8 +752,8 @@ void Core::cancel_job(const Caller& caller, const std::string& id) {
     std::shared_ptr<Materialization> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
-        engine = j->engine;
-        const JobState st = engine ? engine->progress().state : j->saved.state;
+        JobState st;
+        std::tie(engine, st) = j->engine_and_state_locked();
         if (st == JobState::Done || st == JobState::Cancelled)
             throw InvalidState("job " + id + " is " + to_string(st) + " already");
         j->abandon = true;

@@ -244,6 +244,15 @@ protected:
         return std::make_unique<Materialization>(job_dir_, std::move(view), dest_, o);
     }
 
+    // Pauses `j` once a worker is held at the disk's hold point (blocks
+    // before it done and checkpointed), letting the held read go on.
+    template <typename Disk> static void pause_at_hold(Disk& disk, Materialization& j) {
+        ASSERT_TRUE(disk.wait_held(1));
+        j.request_pause();
+        disk.open();
+        j.pause();
+    }
+
     std::string dir_, job_dir_, dest_, part_;
 };
 
@@ -342,10 +351,9 @@ TEST_F(MaterializeTest, PausedJobResumesToAnIdenticalCopy) {
     disk->hold_from(20);
     auto j = job(disk, small_blocks(2));
     j->start();
-    ASSERT_TRUE(disk->wait_held(1));
-    j->request_pause();
-    disk->open();
-    j->pause();
+    pause_at_hold(*disk, *j);
+    if (HasFatalFailure())
+        return;
     const JobProgress p = j->progress();
     EXPECT_EQ(p.state, JobState::Paused);
     EXPECT_EQ(p.phase, "");
@@ -419,10 +427,9 @@ TEST_F(MaterializeTest, VerifyCatchesADestinationChangedAfterTheCopy) {
     disk->hold_from(disk->blocks() - 1);
     auto j = job(disk, small_blocks(1));
     j->start();
-    ASSERT_TRUE(disk->wait_held(1));
-    j->request_pause();
-    disk->open();
-    j->pause();
+    pause_at_hold(*disk, *j);
+    if (HasFatalFailure())
+        return;
     JobProgress p = j->progress();
     ASSERT_EQ(p.state, JobState::Paused);
     ASSERT_EQ(p.bytes_done, disk->size());
@@ -461,10 +468,9 @@ TEST_F(MaterializeTest, ChangedViewIdentityFailsTheResume) {
     disk->hold_from(20);
     auto first = job(disk, small_blocks(2));
     first->start();
-    ASSERT_TRUE(disk->wait_held(1));
-    first->request_pause();
-    disk->open();
-    first->pause();
+    pause_at_hold(*disk, *first);
+    if (HasFatalFailure())
+        return;
     first.reset();
     const std::vector<int> before = disk->reads();
 
@@ -487,10 +493,9 @@ TEST_F(MaterializeTest, CheckpointRecordsDoneBlocksWithTheirChecksums) {
     disk->hold_from(20);
     auto j = job(disk, small_blocks(2));
     j->start();
-    ASSERT_TRUE(disk->wait_held(1));
-    j->request_pause();
-    disk->open();
-    j->pause();
+    pause_at_hold(*disk, *j);
+    if (HasFatalFailure())
+        return;
     const JobProgress p = j->progress();
 
     std::ifstream in(job_dir_ + "/checkpoint");
@@ -547,10 +552,9 @@ TEST_F(MaterializeTest, MissingPartialFileStartsOverFromZero) {
     disk->hold_from(20);
     auto first = job(disk, small_blocks(2));
     first->start();
-    ASSERT_TRUE(disk->wait_held(1));
-    first->request_pause();
-    disk->open();
-    first->pause();
+    pause_at_hold(*disk, *first);
+    if (HasFatalFailure())
+        return;
     ASSERT_GT(first->progress().bytes_checkpointed, 0u);
     first.reset();
     ASSERT_TRUE(fs::remove(part_));

@@ -78,11 +78,11 @@ assert_eq "1 3 " "$(ctl --json jobs | python3 -c 'import json,sys; print(" ".joi
 [[ ! -e $T/state/jobs/2 ]] || fail "the forgotten job's state directory is still there"
 
 # On a terminal, --wait draws a progress bar on stderr (script(1) gives
-# p2vctl a pseudo-terminal).
+# p2vctl a pseudo-terminal). (The short verification phase may fall between
+# two redraws, so only the copying bar is certain to show.)
 script -qec "$P2VCTL --bus $BUS_ADDRESS materialize pc1 disk.raw $T/out/e.raw --bwlimit 8M --block-size 1M --wait" \
     /dev/null >"$T/tty.out" </dev/null
 assert_file_contains "$T/tty.out" 'copying +\[#+\.*\] +[0-9.]+% .*/s ETA' "progress bar on a terminal"
-assert_file_contains "$T/tty.out" 'verifying \[' "progress bar of the verification"
 assert_file_has_text "$T/tty.out" "job 4: done: $T/out/e.raw (24 MiB, 24 MiB of data written, verified)" "final line on a terminal"
 rm "$T/out/e.raw"
 

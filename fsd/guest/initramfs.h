@@ -1,0 +1,26 @@
+// What an initramfs image holds: its archives (an uncompressed early cpio,
+// for microcode, may precede the compressed main one), their compression,
+// and the kernel modules in it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace p2vfs::guest {
+
+struct InitramfsContents {
+    std::vector<std::string> compressions; // one per archive: "none", "gzip", "zstd", "xz", "lzma"?, "lz4"
+    std::vector<std::string> modules;      // module names, sorted, unique: "virtio_blk" (from .../virtio_blk.ko[.xz|.zst|.gz])
+    std::vector<std::string> problems;     // "archive 2 at 0x1c000: zstd data is corrupt"...
+    uint64_t files = 0;                    // entries in all archives
+};
+
+// Parses `image` (the whole file, as read from /boot). Never throws on bad
+// data: what could not be read is in `problems`. Decompressed output is
+// streamed through the cpio parser, never held whole; a limit on the total
+// decompressed bytes (`max_output`) stops a decompression bomb.
+InitramfsContents read_initramfs(std::string_view image, uint64_t max_output = 4ull << 30);
+
+} // namespace p2vfs::guest

@@ -212,6 +212,44 @@ private:
             return sdbus::ObjectPath(job_object_path(id));
         });
     }
+    static FixupRequest fixup_request(const std::string& profile, const Options& options) {
+        check_known(options, {"memory-mib", "cpus", "vendor-agents", "firstboot"});
+        FixupRequest r;
+        r.profile = profile;
+        r.memory_mib = option<uint32_t>(options, "memory-mib", "u", r.memory_mib);
+        r.cpus = option<uint32_t>(options, "cpus", "u", r.cpus);
+        r.firstboot = option<bool>(options, "firstboot", "b", r.firstboot);
+        if (options.count("vendor-agents"))
+            r.vendor_agents = option<std::vector<std::string>>(options, "vendor-agents", "as", {});
+        return r;
+    }
+    std::tuple<std::string, std::string> Inspect(const bool& refresh) override {
+        return answer("Inspect", [&] {
+            const InspectResult r = core_.inspect(name_, refresh);
+            return std::tuple<std::string, std::string>{r.inventory, r.report};
+        });
+    }
+    std::tuple<std::string, std::string> PlanFixups(const std::string& profile,
+                                                    const Options& options) override {
+        return answer("PlanFixups", [&] {
+            const FixupResult r =
+                core_.plan_fixups(caller_of(getObject()), name_, fixup_request(profile, options));
+            return std::tuple<std::string, std::string>{r.plan, r.preview};
+        });
+    }
+    std::tuple<std::string, std::string, std::vector<std::string>>
+    ApplyFixups(const std::string& profile, const Options& options) override {
+        return answer("ApplyFixups", [&] {
+            const FixupResult r =
+                core_.apply_fixups(caller_of(getObject()), name_, fixup_request(profile, options));
+            return std::tuple<std::string, std::string, std::vector<std::string>>{r.plan, r.preview,
+                                                                                  r.files};
+        });
+    }
+    void DiscardFixups() override {
+        answer("DiscardFixups", [&] { core_.discard_fixups(caller_of(getObject()), name_); });
+    }
+    std::string Fixups() override { return info().fixups; }
     std::string Name() override { return name_; }
     std::string URI() override { return info().uri; }
     uint64_t Size() override { return info().size; }

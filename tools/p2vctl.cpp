@@ -56,6 +56,16 @@ const char* usage_text =
     "                                terminal\n"
     "  pause ID | resume ID | cancel ID | forget ID\n"
     "                                control a job; forget removes an ended one\n"
+    "  inspect NAME [--refresh]      the guest on the disk: partitions, file systems,\n"
+    "                                OS, kernels and drivers, findings (--json: the\n"
+    "                                inventory, as info.json in the mount)\n"
+    "  fixups plan|apply NAME [--profile kvm|vmware|hyperv] [--memory MIB] [--cpus N]\n"
+    "                         [--agents SVC,SVC...] [--no-firstboot]\n"
+    "                                preview / apply the changes the guest needs to\n"
+    "                                boot on the target (into the overlay, never the\n"
+    "                                source); apply also shows the target's disk and\n"
+    "                                VM description in the folder\n"
+    "  fixups discard NAME           drop the fixups: the views show the source again"
     "\n"
     "Options:\n"
     "  --bus BUS     system (default), session or a D-Bus address; also $P2VFS_BUS\n"
@@ -301,6 +311,110 @@ int cmd_add(Context& ctx, const std::vector<std::string>& args) {
                     human_size(number(props, "Size")).c_str());
         for (const auto& v : props.at("Views").get<std::vector<sdbus::Struct<std::string, std::string, std::string>>>())
             std::printf("  %s\n", v.get<2>().c_str());
+    }
+    return exit_ok;
+}
+
+// Inspection and fixups read a whole initramfs and may take longer than
+// D-Bus's default 25 s on a slow source.
+constexpr auto guest_call_timeout = std::chrono::minutes(10);
+
+int cmd_inspect(Context& ctx, const std::vector<std::string>& args) {
+    const Parsed p = parse(args, {}, {"--refresh"});
+    if (p.positional.size() != 1)
+        throw Usage("inspect NAME [--refresh]");
+    const bool refresh = !p.options.empty();
+    const auto proxy = sdbus::createProxy(*ctx.bus, p2vfs::dbus_name,
+                                          p2vfs::source_object_path(p.positional[0]));
+    std::string inventory, report;
+    proxy->callMethod("Inspect")
+        .onInterface(org::p2vfs1::Source_proxy::INTERFACE_NAME)
+        .withTimeout(guest_call_timeout)
+        .withArguments(refresh)
+        .storeResultsTo(inventory, report);
+    std::fputs((ctx.json_output ? inventory : report).c_str(), stdout);
+    return exit_ok;
+}
+
+int cmd_fixups(Context& ctx, const std::vector<std::string>& args) {
+    if (args.empty())
+        throw Usage("fixups plan|apply|discard NAME ...");
+    const std::string action = args[0];
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    const Parsed p = parse(rest, {"--profile", "--memory", "--cpus", "--agents"}, {"--no-firstboot"});
+    if (p.positional.size() != 1)
+        throw Usage("fixups " + action + " NAME");
+    SourceProxy s(*ctx.bus, p2vfs::source_object_path(p.positional[0]));
+    if (action == "discard") {
+        if (!p.options.empty())
+            throw Usage("fixups discard NAME takes no options");
+        s.DiscardFixups();
+        if (ctx.json_output)
+            std::printf("%s\n", json{{"discarded", p.positional[0]}}.dump().c_str());
+        else
+            std::printf("fixups of %s discarded\n", p.positional[0].c_str());
+        return exit_ok;
+    }
+    if (action != "plan" && action != "apply")
+        throw Usage("fixups plan|apply|discard NAME");
+    std::string profile = "kvm";
+    std::map<std::string, sdbus::Variant> options;
+    auto number_of = [](const std::string& key, const std::string& v) {
+        if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos)
+            throw Usage(key + " " + v + ": expected a whole number");
+        return static_cast<uint32_t>(std::stoul(v));
+    };
+    for (const auto& [k, v] : p.options) {
+        if (k == "--profile") {
+            profile = v;
+        } else if (k == "--memory") {
+            options["memory-mib"] = sdbus::Variant(number_of(k, v));
+        } else if (k == "--cpus") {
+            options["cpus"] = sdbus::Variant(number_of(k, v));
+        } else if (k == "--no-firstboot") {
+            options["firstboot"] = sdbus::Variant(false);
+        } else if (k == "--agents") {
+            std::vector<std::string> agents;
+            size_t start = 0;
+            while (start <= v.size()) {
+                const size_t end = std::min(v.find(',', start), v.size());
+                if (end > start)
+                    agents.push_back(v.substr(start, end - start));
+                start = end + 1;
+            }
+            options["vendor-agents"] = sdbus::Variant(agents);
+        }
+    }
+    std::string plan, preview;
+    std::vector<std::string> files;
+    const auto proxy = sdbus::createProxy(*ctx.bus, p2vfs::dbus_name,
+                                          p2vfs::source_object_path(p.positional[0]));
+    if (action == "plan")
+        proxy->callMethod("PlanFixups")
+            .onInterface(org::p2vfs1::Source_proxy::INTERFACE_NAME)
+            .withTimeout(guest_call_timeout)
+            .withArguments(profile, options)
+            .storeResultsTo(plan, preview);
+    else
+        proxy->callMethod("ApplyFixups")
+            .onInterface(org::p2vfs1::Source_proxy::INTERFACE_NAME)
+            .withTimeout(guest_call_timeout)
+            .withArguments(profile, options)
+            .storeResultsTo(plan, preview, files);
+    if (ctx.json_output) {
+        json j = json::parse(plan);
+        if (action == "apply")
+            j["files"] = files;
+        std::printf("%s\n", j.dump(2).c_str());
+        return exit_ok;
+    }
+    std::fputs(preview.c_str(), stdout);
+    if (action == "apply") {
+        std::printf("\napplied; the target's files:\n");
+        for (const std::string& f : files)
+            std::printf("  %s\n", f.c_str());
+    } else if (!json::parse(plan).at("refusals").empty()) {
+        return exit_failed;
     }
     return exit_ok;
 }
@@ -559,7 +673,7 @@ int main(int argc, char** argv) {
         static const std::vector<std::string> commands{"list", "formats", "add", "remove",
                                                        "expose", "materialize", "jobs", "job",
                                                        "wait", "pause", "resume", "cancel",
-                                                       "forget"};
+                                                       "forget", "inspect", "fixups"};
         if (std::find(commands.begin(), commands.end(), command) == commands.end())
             throw Usage("unknown command '" + command + "'");
         try {
@@ -586,6 +700,10 @@ int main(int argc, char** argv) {
             return cmd_materialize(ctx, command_args);
         if (command == "jobs")
             return cmd_jobs(ctx, command_args);
+        if (command == "inspect")
+            return cmd_inspect(ctx, command_args);
+        if (command == "fixups")
+            return cmd_fixups(ctx, command_args);
         if (command == "job")
             return cmd_job(ctx, command_args);
         if (command == "wait") {

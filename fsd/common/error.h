@@ -34,6 +34,13 @@ public:
     explicit InvalidArgument(const std::string& what) : Error(what, EINVAL) {}
 };
 
+// A request that the object's state does not allow now (a job that has
+// ended, fixups over a file system that changed since they were planned).
+class InvalidState : public Error {
+public:
+    explicit InvalidState(const std::string& what) : Error(what, EINVAL) {}
+};
+
 // "0x1f400000" — offsets in messages are hexadecimal, as in dd/hexdump output.
 std::string hex(uint64_t value);
 

@@ -1,6 +1,7 @@
 #include "core/core.h"
 
 #include "common/file_io.h"
+#include "core/core_internal.h"
 #include "core/source_folder.h"
 #include "formats/format.h"
 #include "formats/prepared_view.h"
@@ -17,20 +18,6 @@
 namespace p2vfs {
 
 using json = nlohmann::json;
-
-struct Core::Source {
-    std::string name;
-    std::string uri;
-    bool persistent = false;
-    std::optional<std::vector<std::string>> formats;
-    std::vector<ExposedView> exposed;
-    DevicePtr source;  // as opened
-    OverlayPtr overlay;
-    DevicePtr disk;    // what the views show: the overlaid disk, or the source
-    bool writable = false;
-    std::vector<MountedFile> files; // the folder's files, for jobs to copy from
-    uint64_t allocated = 0;
-};
 
 struct Core::Job {
     std::string id;
@@ -262,6 +249,7 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
     s->formats = options.formats;
     s->exposed = options.views;
     s->writable = !options.writable_layer.empty();
+    s->writable_layer = options.writable_layer;
     const auto specs = specs_for(options_, options);
     try {
         s->source = open_source(uri, options_.source_options);
@@ -274,9 +262,11 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
         check_same_file(name, *callers_file, s->source);
     s->disk = s->source;
     try {
+        // An overlay is opened for writing even when disk.raw is read-only:
+        // fixups are written into its fixups layer.
         if (s->writable || Overlay::exists(options_.state_dir, name)) {
             s->overlay = Overlay::open(options_.state_dir, name, s->source, uri,
-                                       OverlayOptions{.writable = s->writable}, s->writable);
+                                       OverlayOptions{.writable = true}, s->writable);
             s->disk = s->overlay->device(user_layer, options.writable_layer);
         }
     } catch (const InvalidArgument&) {
@@ -306,6 +296,9 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
         s->allocated = s->source->size();
     }
     s->files = made.front().files;
+    s->fixups = options.fixups;
+    for (MountedFile& f : guest_files(*s))
+        made.front().files.push_back(std::move(f));
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (sources_.count(name))
@@ -325,6 +318,7 @@ SourceInfo Core::open_and_mount(const std::string& name, const std::string& uri,
     }
     if (persistent)
         save_source(*s);
+    start_inspection(s);
     spdlog::info("source '{}': {} ({}), view files: {}", name, s->source->name(),
                  human_size(s->source->size()), s->files.size());
     if (s->overlay) {
@@ -356,8 +350,73 @@ void Core::save_source(const Source& s) const {
     json j = {{"name", s.name}, {"uri", s.uri}, {"views", views}};
     if (s.formats)
         j["formats"] = *s.formats;
+    if (s.fixups) {
+        j["fixups"] = {{"profile", s.fixups->profile},
+                       {"memory_mib", s.fixups->memory_mib},
+                       {"cpus", s.fixups->cpus},
+                       {"firstboot", s.fixups->firstboot},
+                       {"controller", s.fixups->controller},
+                       {"firmware", s.fixups->firmware},
+                       {"os_variant", s.fixups->os_variant}};
+        if (s.fixups->vendor_agents)
+            j["fixups"]["vendor_agents"] = *s.fixups->vendor_agents;
+    }
     make_directories(options_.state_dir + "/sources");
     replace_file(source_file(options_.state_dir, s.name), j.dump(2) + "\n");
+}
+
+void Core::ensure_writable_overlay(Source& s) {
+    if (s.overlay)
+        return;
+    try {
+        s.overlay = Overlay::open(options_.state_dir, s.name, s.source, s.uri,
+                                  OverlayOptions{.writable = true}, true);
+    } catch (const Error& e) {
+        throw SourceFailed("source '" + s.name + "': " + e.what(), e.error_number());
+    }
+    s.disk = s.overlay->device(user_layer, s.writable_layer);
+    AddSourceOptions o;
+    o.formats = s.formats;
+    o.views = s.exposed;
+    const auto specs = specs_for(options_, o);
+    std::vector<MountedFolder> made;
+    made.push_back(build_overlay_folder(s.name, s.overlay, s.disk, specs, s.writable));
+    made.push_back(build_folder(s.name + "@pristine", s.source, specs));
+    std::lock_guard<std::mutex> lock(mutex_);
+    s.files = made.front().files;
+    for (MountedFile& f : guest_files(s))
+        made.front().files.push_back(std::move(f));
+    // The folder is made again over the overlay; opens of the old files read
+    // on from the source.
+    mount_.remove_folder(s.name);
+    for (MountedFolder& f : made)
+        mount_.add_folder(std::move(f));
+    spdlog::info("source '{}': overlay {} made for fixups; the source itself in {}@pristine",
+                 s.name, s.overlay->dir(), s.name);
+}
+
+std::shared_ptr<Core::Source> Core::find_source(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = sources_.find(name);
+    if (it == sources_.end())
+        throw NotFound("no source named '" + name.substr(0, Limits::name) + "'");
+    return it->second;
+}
+
+void Core::check_no_running_job_locked(const std::string& name) const {
+    for (const auto& [id, job] : jobs_) {
+        if (job->source != name)
+            continue;
+        const JobState st = job->progress().state;
+        if (st == JobState::Running || st == JobState::Paused)
+            throw Busy("source '" + name + "' is in use by job " + id + " (" + to_string(st) +
+                       "); cancel it first");
+    }
+}
+
+void Core::check_no_running_job(const std::string& name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_no_running_job_locked(name);
 }
 
 void Core::remove_source(const Caller& caller, const std::string& name) {
@@ -369,14 +428,7 @@ void Core::remove_source(const Caller& caller, const std::string& name) {
         const auto it = sources_.find(name);
         if (it == sources_.end())
             throw NotFound("no source named '" + name.substr(0, Limits::name) + "'");
-        for (const auto& [id, job] : jobs_) {
-            if (job->source != name)
-                continue;
-            const JobState st = job->progress().state;
-            if (st == JobState::Running || st == JobState::Paused)
-                throw Busy("source '" + name + "' is in use by job " + id + " (" +
-                           to_string(st) + "); cancel it first");
-        }
+        check_no_running_job_locked(name);
         s = it->second;
         sources_.erase(it);
         observer = observer_;
@@ -425,6 +477,10 @@ SourceInfo Core::source(const std::string& name) const {
     info.allocated = s->allocated;
     info.persistent = s->persistent;
     info.overlay = !s->overlay ? "none" : s->writable ? "writable" : "read-only";
+    {
+        std::lock_guard<std::mutex> guest_lock(s->guest_mutex);
+        info.fixups = s->fixups ? s->fixups->profile : "";
+    }
     if (s->overlay)
         for (const auto& layer : s->overlay->layers())
             info.overlay_bytes += layer->info().chunks * s->overlay->geometry().chunk_size;
@@ -484,8 +540,10 @@ ViewInfo Core::expose(const Caller& caller, const std::string& name, const Expos
         info = {folder.files.front().name, std::string(format->name),
                 options_.mount_point + "/" + name + "/" + folder.files.front().name};
     }
-    if (s->persistent)
+    if (s->persistent) {
+        std::lock_guard<std::mutex> guest_lock(s->guest_mutex); // save_source reads s->fixups
         save_source(*s);
+    }
     spdlog::info("source '{}': exposed {} as {}", name, format->name, info.file);
     CoreObserver* observer;
     {
@@ -830,6 +888,20 @@ void Core::restore() {
             for (const json& v : j.at("views"))
                 o.views.push_back({v.at("format").get<std::string>(), v.at("file").get<std::string>(),
                                    v.at("options").get<std::map<std::string, std::string>>()});
+            if (j.contains("fixups")) {
+                const json& fx = j.at("fixups");
+                FixupRequest r;
+                r.profile = fx.at("profile").get<std::string>();
+                r.memory_mib = fx.value("memory_mib", 2048u);
+                r.cpus = fx.value("cpus", 2u);
+                r.firstboot = fx.value("firstboot", true);
+                r.controller = fx.value("controller", std::string());
+                r.firmware = fx.value("firmware", std::string("bios"));
+                r.os_variant = fx.value("os_variant", std::string());
+                if (fx.contains("vendor_agents"))
+                    r.vendor_agents = fx.at("vendor_agents").get<std::vector<std::string>>();
+                o.fixups = r;
+            }
             open_and_mount(name, j.at("uri").get<std::string>(), o, true);
         } catch (const std::exception& e) {
             spdlog::error("{}: cannot restore the source: {} (the record is kept)", path,

@@ -48,10 +48,6 @@ class Busy : public Error {
 public:
     explicit Busy(const std::string& what) : Error(what, EBUSY) {}
 };
-class InvalidState : public Error {
-public:
-    explicit InvalidState(const std::string& what) : Error(what, EINVAL) {}
-};
 class UnknownFormat : public InvalidArgument {
 public:
     explicit UnknownFormat(const std::string& what) : InvalidArgument(what) {}
@@ -69,6 +65,7 @@ public:
     virtual void add_folder(MountedFolder folder) = 0;
     virtual void add_file(const std::string& folder, MountedFile file) = 0;
     virtual bool remove_folder(const std::string& folder) = 0;
+    virtual bool remove_file(const std::string& folder, const std::string& name) = 0;
 };
 
 struct CoreOptions {
@@ -87,11 +84,25 @@ struct ExposedView {
     std::map<std::string, std::string> options;
 };
 
+// Fixups for a target (fsd/guest/fixups.h) and the machine it describes.
+struct FixupRequest {
+    std::string profile = "kvm";  // kvm, vmware, hyperv
+    unsigned memory_mib = 2048;   // for the VM description
+    unsigned cpus = 2;
+    std::optional<std::vector<std::string>> vendor_agents; // default: the built-in list
+    bool firstboot = true;        // install the firstboot initramfs rebuild
+    // Recorded when applied (the VM description is made from them).
+    std::string controller;       // the chosen disk controller
+    std::string firmware;         // "bios" or "uefi"
+    std::string os_variant;       // "debian12"
+};
+
 struct AddSourceOptions {
     std::optional<std::vector<std::string>> formats; // default: the daemon's
     std::vector<ExposedView> views;                  // more views (--view)
     std::string writable_layer;                      // disk.raw writes go here; "": read-only
     bool persist = true;                             // remembered across restarts
+    std::optional<FixupRequest> fixups;              // applied before (restore)
 };
 
 struct ViewInfo {
@@ -109,6 +120,19 @@ struct SourceInfo {
     std::string overlay; // "none", "read-only", "writable"
     uint64_t overlay_bytes = 0;
     bool persistent = false;
+    std::string fixups;  // the target whose fixups are applied; "" none
+};
+
+
+struct InspectResult {
+    std::string inventory; // JSON (info.json)
+    std::string report;    // text (report.txt)
+};
+
+struct FixupResult {
+    std::string plan;    // JSON: the steps and their edits (fsd/guest/fixups.h)
+    std::string preview; // text: each file's changed lines
+    std::vector<std::string> files; // files added to the folder (apply)
 };
 
 struct JobInfo {
@@ -178,6 +202,25 @@ public:
                             const std::string& view, const std::string& destination,
                             const MaterializeOptions& options);
 
+    // The guest on the disk as the views show it (info.json, report.txt).
+    // Inspected when the source is added, again after fixups change it, and
+    // here when the disk changed since (or `refresh`). NotFound.
+    InspectResult inspect(const std::string& source, bool refresh = false);
+    // The fixups a target needs, not applied. InvalidArgument for an unknown
+    // profile.
+    FixupResult plan_fixups(const Caller& caller, const std::string& source,
+                            const FixupRequest& request);
+    // Plans and applies them into the overlay's fixups layer (made if the
+    // source has no overlay yet), then shows the target's disk view and VM
+    // description in the folder. InvalidState when the plan refuses (the
+    // reason given) or the fixups layer holds changes already; Busy while a
+    // job copies from the source.
+    FixupResult apply_fixups(const Caller& caller, const std::string& source,
+                             const FixupRequest& request);
+    // Drops the fixups layer (the views show the pristine bytes again) and
+    // the files the fixups added.
+    void discard_fixups(const Caller& caller, const std::string& source);
+
     std::vector<JobInfo> jobs() const;
     JobInfo job(const std::string& id) const; // NotFound
     void pause_job(const Caller& caller, const std::string& id);
@@ -193,7 +236,16 @@ private:
     SourceInfo open_and_mount(const std::string& name, const std::string& uri,
                               const AddSourceOptions& options, bool persistent,
                               const UniqueFd* callers_file = nullptr);
-    void save_source(const Source& s) const;
+    void save_source(const Source& s) const; // s.guest_mutex held, or s not shared yet
+    std::shared_ptr<Source> find_source(const std::string& name) const;
+    void check_no_running_job(const std::string& source) const; // Busy
+    void check_no_running_job_locked(const std::string& source) const; // mutex_ held
+    // core_guest.cpp
+    void start_inspection(const std::shared_ptr<Source>& s);
+    void refresh_inspection(Source& s); // with s.guest_mutex held
+    std::vector<MountedFile> guest_files(Source& s);
+    void show_fixup_files(Source& s, bool add_to_mount);
+    void ensure_writable_overlay(Source& s);
     std::shared_ptr<Job> find_job(const std::string& id) const;
     void save_job(Job& job) const;
     void start_job(const std::shared_ptr<Job>& job);

@@ -33,6 +33,9 @@ struct FuseMountTable : p2vfs::MountTable {
         frontend->add_file(folder, std::move(file));
     }
     bool remove_folder(const std::string& folder) override { return frontend->remove_folder(folder); }
+    bool remove_file(const std::string& folder, const std::string& name) override {
+        return frontend->remove_file(folder, name);
+    }
 };
 
 } // namespace

@@ -737,6 +737,26 @@ bool FuseFrontend::remove_folder(const std::string& folder) {
     return true;
 }
 
+bool FuseFrontend::remove_file(const std::string& folder, const std::string& name) {
+    Impl& impl = *impl_;
+    fuse_ino_t dir = 0;
+    {
+        std::unique_lock lock(impl.tree_mutex);
+        const NodePtr d = impl.child_locked(Impl::root_ino, folder);
+        if (!d)
+            return false;
+        const NodePtr f = impl.child_locked(d->ino, name);
+        if (!f)
+            return false;
+        dir = d->ino;
+        auto& siblings = d->children;
+        siblings.erase(std::find(siblings.begin(), siblings.end(), f->ino));
+        impl.nodes.erase(f->ino);
+    }
+    impl.forget_entry(dir, name);
+    return true;
+}
+
 const std::string& FuseFrontend::mount_point() const { return impl_->options.mount_point; }
 
 FuseFrontend::~FuseFrontend() = default;

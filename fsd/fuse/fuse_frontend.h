@@ -79,6 +79,8 @@ public:
     void add_folder(MountedFolder folder);
     void add_file(const std::string& folder, MountedFile file);
     bool remove_folder(const std::string& folder); // false: no such folder
+    // Takes one file out of a folder; an open of it reads on. false: no such file.
+    bool remove_file(const std::string& folder, const std::string& name);
     const std::string& mount_point() const;
 
     struct Impl;

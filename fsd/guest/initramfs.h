@@ -13,6 +13,7 @@ namespace p2vfs::guest {
 struct InitramfsContents {
     std::vector<std::string> compressions; // one per archive: "none", "gzip", "zstd", "xz", "lzma"?, "lz4"
     std::vector<std::string> modules;      // module names, sorted, unique: "virtio_blk" (from .../virtio_blk.ko[.xz|.zst|.gz])
+    std::vector<std::string> builtin;      // modules built into the kernel (lib/modules/*/modules.builtin), sorted, unique
     std::vector<std::string> problems;     // "archive 2 at 0x1c000: zstd data is corrupt"...
     uint64_t files = 0;                    // entries in all archives
 };

@@ -220,6 +220,19 @@ public:
         std::lock_guard lock(mutex_);
         return folders_.erase(folder) > 0;
     }
+    bool remove_file(const std::string& folder, const std::string& name) override {
+        std::lock_guard lock(mutex_);
+        const auto it = folders_.find(folder);
+        if (it == folders_.end())
+            return false;
+        auto& files = it->second;
+        const auto f = std::find_if(files.begin(), files.end(),
+                                    [&](const MountedFile& m) { return m.name == name; });
+        if (f == files.end())
+            return false;
+        files.erase(f);
+        return true;
+    }
 
     Listing listing() const {
         std::lock_guard lock(mutex_);

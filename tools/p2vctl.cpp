@@ -138,7 +138,8 @@ json source_json(const Properties& p) {
     return {{"name", text(p, "Name")},         {"uri", text(p, "URI")},
             {"size", number(p, "Size")},       {"allocated", number(p, "AllocatedBytes")},
             {"overlay", text(p, "Overlay")},   {"overlay_bytes", number(p, "OverlayBytes")},
-            {"persistent", p.at("Persistent").get<bool>()}, {"views", views}};
+            {"persistent", p.at("Persistent").get<bool>()}, {"views", views},
+            {"fixups", text(p, "Fixups")}};
 }
 
 json job_json(const Properties& p) {
@@ -219,10 +220,14 @@ int cmd_list(Context& ctx, const std::vector<std::string>& args) {
             out.push_back(source_json(p));
             continue;
         }
+        std::string extra;
+        if (text(p, "Overlay") != "none")
+            extra += ", overlay " + text(p, "Overlay");
+        if (!text(p, "Fixups").empty())
+            extra += ", fixups for " + text(p, "Fixups");
         std::printf("%s  %s, %s allocated%s  %s\n", text(p, "Name").c_str(),
                     human_size(number(p, "Size")).c_str(),
-                    human_size(number(p, "AllocatedBytes")).c_str(),
-                    text(p, "Overlay") == "none" ? "" : (", overlay " + text(p, "Overlay")).c_str(),
+                    human_size(number(p, "AllocatedBytes")).c_str(), extra.c_str(),
                     text(p, "URI").c_str());
         for (const auto& v : p.at("Views").get<std::vector<sdbus::Struct<std::string, std::string, std::string>>>())
             std::printf("  %-22s %-12s %s\n", v.get<0>().c_str(), v.get<1>().c_str(),

@@ -225,7 +225,7 @@ private:
     }
     std::tuple<std::string, std::string> Inspect(const bool& refresh) override {
         return answer("Inspect", [&] {
-            const InspectResult r = core_.inspect(name_, refresh);
+            const InspectResult r = core_.inspect(caller_of(getObject()), name_, refresh);
             return std::tuple<std::string, std::string>{r.inventory, r.report};
         });
     }

@@ -204,8 +204,9 @@ public:
 
     // The guest on the disk as the views show it (info.json, report.txt).
     // Inspected when the source is added, again after fixups change it, and
-    // here when the disk changed since (or `refresh`). NotFound.
-    InspectResult inspect(const std::string& source, bool refresh = false);
+    // here when the disk changed since (or `refresh`, for callers who may
+    // control the daemon: it costs a full inspection). NotFound.
+    InspectResult inspect(const Caller& caller, const std::string& source, bool refresh = false);
     // The fixups a target needs, not applied. InvalidArgument for an unknown
     // profile.
     FixupResult plan_fixups(const Caller& caller, const std::string& source,

@@ -162,8 +162,8 @@ void Core::refresh_inspection(Source& s) {
         size_t blockers = 0;
         for (const auto& f : inv.findings)
             blockers += f.severity == "blocker";
-        spdlog::info("source '{}': inspected: {} {}, {} finding(s), {} blocking", s.name, inv.os,
-                     inv.linux_guest ? inv.linux_guest->pretty_name : std::string(),
+        spdlog::info("source '{}': inspected: {}{}, {} finding(s), {} blocking", s.name, inv.os,
+                     inv.linux_guest ? " (" + inv.linux_guest->pretty_name + ")" : std::string(),
                      inv.findings.size(), blockers);
     } catch (const std::exception& e) {
         s.inventory_json = json{{"source", s.name}, {"error", e.what()}}.dump(2) + "\n";
@@ -175,7 +175,9 @@ void Core::refresh_inspection(Source& s) {
     s.report_file->set(s.report);
 }
 
-InspectResult Core::inspect(const std::string& name, bool refresh) {
+InspectResult Core::inspect(const Caller& caller, const std::string& name, bool refresh) {
+    if (refresh)
+        check_control(caller, "inspect again");
     const auto s = find_source(name);
     std::lock_guard<std::mutex> lock(s->guest_mutex);
     if (refresh)
@@ -213,13 +215,17 @@ FixupResult Core::apply_fixups(const Caller& caller, const std::string& name,
         if (s->overlay && s->overlay->layer(fixups_layer).info().chunks > 0)
             throw InvalidState("source '" + name + "': the overlay's fixups layer holds changes "
                                "already (written by hand?); discard them first");
-        ensure_writable_overlay(*s);
-        const DevicePtr disk = s->overlay->device(fixups_layer, fixups_layer);
-        const guest::Inventory inv = guest::inspect(disk);
-        const guest::FixupPlan plan = guest::plan_fixups(disk, inv, fixup_options(request));
+        // Planned on what the fixups layer shows (the source itself while
+        // there is no overlay), so a refused plan makes no overlay.
+        const DevicePtr seen = s->overlay ? s->overlay->device(fixups_layer) : s->source;
+        const guest::Inventory inv = guest::inspect(seen);
+        const guest::FixupPlan plan = guest::plan_fixups(seen, inv, fixup_options(request));
         if (!plan.refusals.empty())
             throw InvalidState("source '" + name + "': fixups for " + request.profile +
                                " refused: " + plan.refusals.front());
+        ensure_writable_overlay(*s);
+        // The same bytes as `seen`; apply_fixups checks every file again.
+        const DevicePtr disk = s->overlay->device(fixups_layer, fixups_layer);
         try {
             guest::apply_fixups(disk, inv, plan);
         } catch (const Error& e) {

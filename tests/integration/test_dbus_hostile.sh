@@ -91,6 +91,28 @@ expect_error 1 $E.InvalidArgument "must be an absolute path" raw_materialize y.r
 expect_error 1 $E.InvalidArgument "block size must be a power of two" \
     raw_materialize "$T/y.raw" '{"block-size": dbus.UInt64(3000)}'
 [[ ! -e $T/y.raw && ! -e $T/y.raw.part ]] || fail "a refused call left a file"
+# Fixups with options of the wrong type or unknown, and a profile no one offers.
+raw_fixups() {
+    /usr/bin/python3 - "$BUS_ADDRESS" "$1" "$2" <<'PY'
+import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+src = dbus.Interface(bus.get_object("org.p2vfs1", "/org/p2vfs1/sources/pc1"), "org.p2vfs1.Source")
+try:
+    src.PlanFixups(sys.argv[2], dbus.Dictionary(eval(sys.argv[3]), signature="sv"))
+except dbus.exceptions.DBusException as e:
+    print(f"{e.get_dbus_message()} ({e.get_dbus_name()})", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+expect_error 1 $E.InvalidArgument "option 'cpus' must be of D-Bus type u, not s" raw_fixups kvm '{"cpus": "two"}'
+expect_error 1 $E.InvalidArgument "unknown option 'kernel'" raw_fixups kvm '{"kernel": "x"}'
+expect_error 1 $E.InvalidArgument "option 'vendor-agents' must be of D-Bus type as" raw_fixups kvm '{"vendor-agents": "a"}'
+expect_error 1 $E.InvalidArgument "unknown target profile" raw_fixups "$(printf 'x%.0s' {1..5000})" '{}'
+# A disk without an OS: the plan says why it cannot be applied.
+run_rc ctl fixups plan pc1
+assert_eq 1 "$RC" "plan for a disk without an OS"
+assert_file_has_text "$T/run.out" "REFUSED: no Linux system was found on the disk"
+expect_error 1 $E.InvalidState "fixups for kvm refused: no Linux system was found" ctl fixups apply pc1
 
 # Callers without permission. 'daemon' is not in the control group: it may
 # read, not change.
@@ -98,6 +120,14 @@ expect_error 4 $E.AccessDenied "may not add sources" ctl_as daemon add pc3 "$src
 expect_error 4 $E.AccessDenied "may not remove sources" ctl_as daemon remove pc1
 expect_error 4 $E.AccessDenied "may not start jobs" ctl_as daemon materialize pc1 disk.raw /tmp/x.raw
 ctl_as daemon list >"$T/list.out" || fail "an unprivileged caller cannot list"
+# Guest inspection: reading it is for everyone (it is info.json), asking for
+# a new one and fixups are not.
+ctl_as daemon --json inspect pc1 >"$T/inspect.out" || fail "an unprivileged caller cannot read the inspection"
+cmp "$T/inspect.out" "$mnt/pc1/info.json" || fail "Inspect differs from info.json"
+expect_error 4 $E.AccessDenied "may not inspect again" ctl_as daemon inspect pc1 --refresh
+expect_error 4 $E.AccessDenied "may not plan fixups" ctl_as daemon fixups plan pc1
+expect_error 4 $E.AccessDenied "may not apply fixups" ctl_as daemon fixups apply pc1
+expect_error 4 $E.AccessDenied "may not discard fixups" ctl_as daemon fixups discard pc1
 assert_file_has_text "$T/list.out" "pc1" "list as daemon"
 # nobody is in the group, but may name only what it could use itself.
 secret=$T/secret.img

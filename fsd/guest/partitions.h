@@ -29,9 +29,14 @@ public:
 struct Partition {
     unsigned number = 0;       // as Linux names it: 1-4 primary, 5.. logical; GPT entry index + 1
     uint64_t offset = 0;       // bytes from the start of the disk
-    uint64_t length = 0;       // bytes
+    // Bytes, never past the end of the disk: a partition the table says
+    // reaches further is kept, cut to the disk (0 when it starts past the
+    // end), and named in `problems` with its LBA range and the disk's size.
+    uint64_t length = 0;
     std::string type;          // MBR: "0x83"; GPT: type GUID, lower case
-    std::string type_name;     // "Linux", "Linux LVM", "EFI System", "Microsoft basic data", "extended"...
+    // "Linux", "Linux LVM", "EFI System", "Microsoft basic data", "extended"...;
+    // empty for a type the parser does not know.
+    std::string type_name;
     std::string guid;          // GPT unique partition GUID; empty for MBR
     std::string label;         // GPT partition name (UTF-16LE decoded); empty for MBR
     bool bootable = false;     // MBR active flag; GPT legacy BIOS bootable attribute
@@ -51,6 +56,11 @@ struct PartitionTable {
 };
 
 // Reads the partition table of `disk`. Never reads past disk.size().
+// `sector_size` is the disk's logical sector size: 512, 1024, 2048 or 4096
+// (InvalidArgument otherwise). A sector 0 without the 0x55aa signature, or
+// one that is a file system's boot sector rather than a table, gives scheme
+// "none". A protective MBR (type 0xee) whose GPT has neither a usable
+// primary nor a usable backup header throws InspectError naming both.
 PartitionTable read_partition_table(BlockDevice& disk, uint32_t sector_size = 512);
 
 // "7f3c...-..." from 16 bytes in GPT (mixed-endian) order.

@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "formats/format.h"
 #include "guest/profiles.h"
+#include "guest/windows.h"
 
 #include <algorithm>
 #include <cctype>
@@ -586,8 +587,10 @@ Inventory inspect(const DevicePtr& disk, const InspectOptions& options) {
                     volume_name(v) + " holds " + v.fs->type + ", which is not read: a guest "
                     "whose root is there is not inspected, and gets no fixups");
         }
-        if (ntfs)
+        if (ntfs) {
             inv.os = "windows";
+            inspect_windows(disk, inv);
+        }
     }
     return inv;
 }
@@ -726,6 +729,21 @@ json to_json(const Inventory& inv) {
         }
         out["linux"]["target_controllers"] = targets;
     }
+    if (inv.windows_guest) {
+        const WindowsGuest& w = *inv.windows_guest;
+        out["windows"] = {{"system_partition", w.system_partition},
+                          {"product_name", w.product_name},
+                          {"edition_id", w.edition_id},
+                          {"current_version", w.current_version},
+                          {"current_build", w.current_build},
+                          {"display_version", w.display_version},
+                          {"system_root", w.system_root},
+                          {"boot_mode", w.boot_mode},
+                          {"boot_partition", w.boot_partition},
+                          {"hostname", w.hostname},
+                          {"hibernated", w.hibernated},
+                          {"fast_startup", w.fast_startup}};
+    }
     json findings = json::array();
     for (const Finding& f : inv.findings)
         findings.push_back({{"id", f.id}, {"severity", f.severity}, {"message", f.message}});
@@ -772,6 +790,15 @@ std::string report_text(const Inventory& inv) {
               << " storage and " << k.network_modules.size() << " network drivers in "
               << (k.initramfs.empty() ? "(no initramfs)" : k.initramfs) << "\n";
         }
+    }
+    if (inv.windows_guest) {
+        const WindowsGuest& w = *inv.windows_guest;
+        o << "  " << (w.product_name.empty() ? "Windows" : w.product_name);
+        if (!w.current_build.empty())
+            o << " (build " << w.current_build << ")";
+        o << ", " << (w.system_root.empty() ? "system" : w.system_root) << " on partition "
+          << w.system_partition << ", boot " << w.boot_mode << ", hostname '" << w.hostname
+          << "'\n";
     }
     size_t blockers = 0;
     for (const Finding& f : inv.findings)

@@ -73,6 +73,22 @@ struct LinuxGuest {
     std::string initramfs_tool;  // "initramfs-tools", "dracut"
 };
 
+struct WindowsGuest {
+    unsigned system_partition = 0;  // the volume holding \Windows\System32\config\SYSTEM
+    // SOFTWARE\Microsoft\Windows NT\CurrentVersion
+    std::string product_name;       // "Windows Server 2019 Standard"
+    std::string edition_id;         // "ServerStandard"
+    std::string current_version;    // "6.3"
+    std::string current_build;      // "17763" (CurrentBuildNumber, else CurrentBuild)
+    std::string display_version;    // "21H2"; empty before Windows 10 20H2
+    std::string system_root;        // "C:\Windows"
+    std::string boot_mode;          // "bios", "uefi", "unknown"
+    unsigned boot_partition = 0;    // bios: the volume holding \bootmgr (or \ntldr); 0 otherwise
+    std::string hostname;           // SYSTEM: ComputerName of the current control set
+    bool hibernated = false;        // \hiberfil.sys holds a hibernation image
+    bool fast_startup = false;      // HiberbootEnabled=1
+};
+
 // An incompatibility or remark, by a stable name users and tools can match.
 struct Finding {
     std::string id;       // "bitlocker", "dynamic-disk", "no-storage-driver", ...
@@ -88,6 +104,7 @@ struct Inventory {
     std::string firmware;  // "bios", "uefi" (an EFI System partition), "unknown"
     std::string os;        // "linux", "windows", "unknown"
     std::optional<LinuxGuest> linux_guest;
+    std::optional<WindowsGuest> windows_guest;
     std::vector<Finding> findings;
 };
 

@@ -49,6 +49,15 @@ struct VmDescription {
 // A libvirt domain (kvm), a .vmx (vmware; virtualHW.version and the SCSI
 // adapter's virtualDev from the controller), a Hyper-V summary (generation 1
 // for bios, 2 for uefi; a PowerShell New-VM line a user can paste).
+//
+// Each throws InvalidArgument naming the field for what its target cannot
+// take: a controller of another profile, firmware other than bios/uefi, os
+// other than linux/windows, a disk format the target does not read, a
+// relative disk path (libvirt), an IDE disk or a VHD under generation 2
+// (Hyper-V), a malformed MAC, text that is not UTF-8. Memory is rounded up
+// to what the hypervisor takes (VMware: 4 MiB steps, Hyper-V: 2 MiB).
+// Every string is escaped for its format; a domain name loses the '/' and
+// control characters libvirt refuses (they become '_').
 std::string libvirt_domain_xml(const VmDescription& vm);
 std::string vmware_vmx(const VmDescription& vm);
 std::string hyperv_summary(const VmDescription& vm);

@@ -234,13 +234,16 @@ public:
         return true;
     }
 
-    Listing listing() const {
+    // The view files of each folder; `generated`: also the files the core
+    // writes itself (info.json, report.txt, VM descriptions: no format).
+    Listing listing(bool generated = false) const {
         std::lock_guard lock(mutex_);
         Listing out;
         for (const auto& [name, files] : folders_) {
             auto& names = out[name];
             for (const MountedFile& f : files)
-                names.push_back(f.name);
+                if (generated || !f.format.empty())
+                    names.push_back(f.name);
         }
         return out;
     }
@@ -326,6 +329,12 @@ TEST_F(CoreTest, AddSourceShowsARawImageWithItsDefaultViewsAndRecordsIt) {
                                         "disk.vhdx vhdx /mnt/p2vfs/pc1/disk.vhdx"}));
 
     EXPECT_EQ(mount_.listing(), (Listing{{"pc1", {"disk.raw", "disk.vhdx"}}}));
+    // Beside the views, the inspection's files (the disk holds no OS here).
+    EXPECT_EQ(mount_.listing(true),
+              (Listing{{"pc1", {"disk.raw", "disk.vhdx", "info.json", "report.txt"}}}));
+    const auto inspected = core.inspect(root, "pc1");
+    EXPECT_NE(inspected.inventory.find("\"os\": \"unknown\""), std::string::npos) << inspected.inventory;
+    EXPECT_NE(inspected.report.find("Operating system: unknown"), std::string::npos) << inspected.report;
     const DevicePtr raw = mount_.device("pc1", "disk.raw");
     ASSERT_NE(raw, nullptr);
     EXPECT_EQ(test::read_all(*raw), image_bytes_);

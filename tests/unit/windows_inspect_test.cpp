@@ -1,0 +1,487 @@
+// Windows inspection on small disks made by the test: an NTFS volume made
+// by mkntfs, filled through libntfs-3g (the library of the ntfs-3g driver,
+// not our reader) with SOFTWARE and SYSTEM hives that hivex's C API builds
+// from an empty hive, placed in a partition table made by sfdisk.
+//
+// The empty hive is the public hivex project's images/minimal (8 KiB);
+// P2VFS_MINIMAL_HIVE names it, else the shared test data copy is used.
+#include "block/local_source.h"
+#include "guest/inspect.h"
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <map>
+#include <sstream>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+// After every C++ header, as in guest/windows.cpp: libntfs-3g's headers need
+// <cstddef>, <cstdarg>, <ctime> first and define min() and max() as macros.
+extern "C" {
+#include <ntfs-3g/attrib.h>
+#include <ntfs-3g/dir.h>
+#include <ntfs-3g/inode.h>
+#include <ntfs-3g/types.h>
+#include <ntfs-3g/unistr.h>
+#include <ntfs-3g/volume.h>
+}
+#undef min
+#undef max
+#include <hivex.h>
+
+namespace p2vfs::guest {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool have(const char* tool) {
+    return std::system((std::string("command -v ") + tool + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+std::string minimal_hive_path() {
+    const char* env = std::getenv("P2VFS_MINIMAL_HIVE");
+    return env ? env : "/work/shared/data/registry/minimal.hive";
+}
+
+std::string read_whole(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// ---- registry values, as hivex stores them ----------------------------------
+
+struct Value {
+    std::string name;
+    hive_type type;
+    std::string bytes;
+};
+
+Value sz(const std::string& name, const std::string& ascii) {
+    std::string b;
+    for (char c : ascii)
+        b += std::string{c, '\0'}; // UTF-16LE
+    b += std::string(2, '\0');
+    return {name, hive_t_REG_SZ, b};
+}
+
+Value dword(const std::string& name, uint32_t v) {
+    std::string b(4, '\0');
+    for (int i = 0; i < 4; ++i)
+        b[static_cast<size_t>(i)] = static_cast<char>(v >> (8 * i));
+    return {name, hive_t_REG_DWORD, b};
+}
+
+using Keys = std::vector<std::pair<std::string, std::vector<Value>>>;
+
+class WindowsInspect : public ::testing::Test {
+protected:
+    void SetUp() override {
+        for (const char* tool : {"mkntfs", "sfdisk"})
+            if (!have(tool))
+                GTEST_SKIP() << "needs " << tool << " (packages ntfs-3g, fdisk) to build its disk";
+        if (!fs::exists(minimal_hive_path()))
+            GTEST_SKIP() << "needs the empty registry hive " << minimal_hive_path()
+                         << " (hivex's images/minimal; set P2VFS_MINIMAL_HIVE)";
+        char tmpl[] = "/tmp/p2vfs-windows-test-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+        image_ = dir_ / "disk.img";
+    }
+    void TearDown() override {
+        if (!dir_.empty())
+            fs::remove_all(dir_);
+    }
+
+    void run(const std::string& cmd) {
+        const int rc =
+            std::system(("{ " + cmd + "; } >" + (dir_ / "log").string() + " 2>&1").c_str());
+        ASSERT_EQ(rc, 0) << cmd << "\n" << read_whole(dir_ / "log");
+    }
+
+    // The empty hive with `keys` added (every parent made on the way).
+    std::string hive(const Keys& keys) {
+        hive_h* h = hivex_open(minimal_hive_path().c_str(), HIVEX_OPEN_WRITE);
+        EXPECT_NE(h, nullptr) << minimal_hive_path() << ": " << std::strerror(errno);
+        if (!h)
+            return {};
+        for (const auto& [path, values] : keys) {
+            hive_node_h node = hivex_root(h);
+            std::istringstream parts(path);
+            std::string part;
+            while (std::getline(parts, part, '\\')) {
+                hive_node_h child = hivex_node_get_child(h, node, part.c_str());
+                if (!child)
+                    child = hivex_node_add_child(h, node, part.c_str());
+                if (!child) {
+                    ADD_FAILURE() << path << ": " << std::strerror(errno);
+                    hivex_close(h);
+                    return {};
+                }
+                node = child;
+            }
+            std::vector<hive_set_value> set;
+            for (const Value& v : values)
+                set.push_back({const_cast<char*>(v.name.c_str()), v.type, v.bytes.size(),
+                               const_cast<char*>(v.bytes.data())});
+            EXPECT_EQ(hivex_node_set_values(h, node, set.size(), set.data(), 0), 0)
+                << path << ": " << std::strerror(errno);
+        }
+        const fs::path out = dir_ / "hive";
+        EXPECT_EQ(hivex_commit(h, out.c_str(), 0), 0) << std::strerror(errno);
+        hivex_close(h);
+        return read_whole(out);
+    }
+
+    std::string software_hive(const std::string& product, const std::string& edition,
+                              const std::string& build, const std::string& display = "") {
+        std::vector<Value> v{sz("ProductName", product),      sz("EditionID", edition),
+                             sz("CurrentVersion", "6.3"),     sz("CurrentBuild", build),
+                             sz("CurrentBuildNumber", build), sz("SystemRoot", "C:\\Windows")};
+        if (!display.empty())
+            v.push_back(sz("DisplayVersion", display));
+        return hive({{"Microsoft\\Windows NT\\CurrentVersion", v}});
+    }
+
+    std::string system_hive(const std::string& hostname, uint32_t hiberboot) {
+        return hive(
+            {{"Select", {dword("Current", 1), dword("Default", 1)}},
+             {"ControlSet001\\Control\\ComputerName\\ComputerName", {sz("ComputerName", hostname)}},
+             {"ControlSet001\\Control\\Session Manager\\Power",
+              {dword("HiberbootEnabled", hiberboot)}}});
+    }
+
+    // The files of a Windows Server 2019 system volume that boots by BIOS.
+    std::map<std::string, std::string> server_2019(const std::string& hiberfil_head) {
+        std::string hiberfil(4096, '\0');
+        hiberfil.replace(0, hiberfil_head.size(), hiberfil_head);
+        return {{"Windows/System32/config/SOFTWARE",
+                 software_hive("Windows Server 2019 Standard", "ServerStandard", "17763")},
+                {"Windows/System32/config/SYSTEM", system_hive("WIN-P2V01", 0)},
+                {"hiberfil.sys", hiberfil},
+                {"bootmgr", std::string(4096, 'B')}};
+    }
+
+    // Writes `files` into the NTFS file system in `image` through
+    // libntfs-3g, making directories on the way.
+    void ntfs_put(const fs::path& image, const std::map<std::string, std::string>& files) {
+        ntfs_volume* vol = ntfs_mount(image.c_str(), 0);
+        ASSERT_NE(vol, nullptr) << image << ": " << std::strerror(errno);
+        for (const auto& [path, content] : files) {
+            std::vector<ntfs_inode*> chain{ntfs_inode_open(vol, FILE_root)};
+            std::istringstream parts(path);
+            std::string part;
+            std::vector<std::string> names;
+            while (std::getline(parts, part, '/'))
+                names.push_back(part);
+            for (size_t i = 0; i < names.size(); ++i) {
+                ntfschar* u = nullptr;
+                const int len = ntfs_mbstoucs(names[i].c_str(), &u);
+                ASSERT_GT(len, 0) << names[i];
+                const u64 ref = ntfs_inode_lookup_by_name(chain.back(), u, len);
+                ntfs_inode* ni =
+                    ref == static_cast<u64>(-1)
+                        ? ntfs_create(chain.back(), const_cpu_to_le32(0), u, static_cast<u8>(len),
+                                      i + 1 == names.size() ? S_IFREG : S_IFDIR)
+                        : ntfs_inode_open(vol, MREF(ref));
+                std::free(u);
+                ASSERT_NE(ni, nullptr) << path << ": " << std::strerror(errno);
+                chain.push_back(ni);
+            }
+            ntfs_attr* na = ntfs_attr_open(chain.back(), AT_DATA, AT_UNNAMED, 0);
+            ASSERT_NE(na, nullptr) << path;
+            if (!content.empty()) {
+                ASSERT_EQ(ntfs_attr_pwrite(na, 0, static_cast<s64>(content.size()), content.data()),
+                          static_cast<s64>(content.size()))
+                    << path;
+            }
+            ntfs_attr_close(na);
+            // Each inode is closed while its directory is open, so that its
+            // name in the directory's index can be updated.
+            for (size_t i = chain.size() - 1; i > 0; --i)
+                ASSERT_EQ(ntfs_inode_close_in_dir(chain[i], chain[i - 1]), 0)
+                    << path << ": " << std::strerror(errno);
+            ASSERT_EQ(ntfs_inode_close(chain[0]), 0) << path << ": " << std::strerror(errno);
+        }
+        ASSERT_EQ(ntfs_umount(vol, FALSE), 0) << image;
+    }
+
+    // A disk with a 32 MiB NTFS partition holding `files`. `scheme` "mbr":
+    // it is partition 1, active. "gpt": it is partition 2, a basic data
+    // partition after an EFI System partition (left unformatted).
+    void make_disk(const std::map<std::string, std::string>& files,
+                   const std::string& scheme = "mbr") {
+        const fs::path ntfs = dir_ / "ntfs.img";
+        const uint64_t start = scheme == "gpt" ? 18432 : 2048; // sectors
+        run("truncate -s 32M " + ntfs.string());
+        run("mkntfs -Q -F -q -L Windows -p " + std::to_string(start) + " -H 255 -S 63 " +
+            ntfs.string());
+        ntfs_put(ntfs, files);
+        if (HasFatalFailure())
+            return;
+        if (scheme == "gpt") {
+            run("truncate -s 45M " + image_.string());
+            const std::string esp = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+            const std::string basic_data = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+            run("printf 'label: gpt\\nstart=2048, size=16384, type=" + esp +
+                "\\nstart=18432, size=65536, type=" + basic_data + "\\n' | sfdisk -q " +
+                image_.string());
+        } else {
+            run("truncate -s 34M " + image_.string());
+            run("printf 'label: dos\\nstart=2048, size=65536, type=7, bootable\\n' | sfdisk -q " +
+                image_.string());
+        }
+        run("dd if=" + ntfs.string() + " of=" + image_.string() +
+            " bs=512 seek=" + std::to_string(start) + " conv=notrunc,sparse status=none");
+    }
+
+    Inventory inspect_disk() { return inspect(std::make_shared<LocalSource>(image_.string())); }
+
+    fs::path dir_;
+    fs::path image_;
+};
+
+std::string findings_of(const Inventory& inv) {
+    std::string out;
+    for (const Finding& f : inv.findings)
+        out += f.id + " [" + f.severity + "] " + f.message + "\n";
+    return out;
+}
+
+TEST_F(WindowsInspect, ReadsVersionRootHostAndBiosBootOfASystemVolume) {
+    make_disk(server_2019(""));
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(inv.os, "windows");
+    EXPECT_EQ(findings_of(inv), "");
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    const WindowsGuest& w = *inv.windows_guest;
+    EXPECT_EQ(w.system_partition, 1u);
+    EXPECT_EQ(w.product_name, "Windows Server 2019 Standard");
+    EXPECT_EQ(w.edition_id, "ServerStandard");
+    EXPECT_EQ(w.current_version, "6.3");
+    EXPECT_EQ(w.current_build, "17763");
+    EXPECT_EQ(w.display_version, "");
+    EXPECT_EQ(w.system_root, "C:\\Windows");
+    EXPECT_EQ(w.boot_mode, "bios");
+    EXPECT_EQ(w.boot_partition, 1u);
+    EXPECT_EQ(w.hostname, "WIN-P2V01");
+    EXPECT_FALSE(w.hibernated);
+    EXPECT_FALSE(w.fast_startup);
+
+    EXPECT_EQ(to_json(inv)["windows"],
+              nlohmann::json({{"system_partition", 1},
+                              {"product_name", "Windows Server 2019 Standard"},
+                              {"edition_id", "ServerStandard"},
+                              {"current_version", "6.3"},
+                              {"current_build", "17763"},
+                              {"display_version", ""},
+                              {"system_root", "C:\\Windows"},
+                              {"boot_mode", "bios"},
+                              {"boot_partition", 1},
+                              {"hostname", "WIN-P2V01"},
+                              {"hibernated", false},
+                              {"fast_startup", false}}));
+    const std::string report = report_text(inv);
+    EXPECT_NE(
+        report.find("Operating system: windows\n  Windows Server 2019 Standard (build 17763), "
+                    "C:\\Windows on partition 1, boot bios, hostname 'WIN-P2V01'\n"),
+        std::string::npos)
+        << report;
+}
+
+TEST_F(WindowsInspect, HibernationImageInHiberfilIsABlocker) {
+    make_disk(server_2019("HIBR"));
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_TRUE(inv.windows_guest->hibernated);
+    EXPECT_EQ(findings_of(inv),
+              "hibernated [blocker] partition 1: \\hiberfil.sys holds a hibernation image "
+              "(signature 'HIBR'); resume Windows and shut it down fully first, or it resumes into "
+              "the old hardware and the volumes' changes since are lost\n");
+}
+
+TEST_F(WindowsInspect, WakeSignatureIsHibernationToo) {
+    make_disk(server_2019("WAKE"));
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_TRUE(inv.windows_guest->hibernated);
+    ASSERT_EQ(inv.findings.size(), 1u) << findings_of(inv);
+    EXPECT_EQ(inv.findings[0].id, "hibernated");
+}
+
+TEST_F(WindowsInspect, ResumedHiberfilIsNotHibernation) {
+    for (const char* head : {"hibr", "wake"}) {
+        make_disk(server_2019(head));
+        ASSERT_FALSE(HasFatalFailure());
+        const Inventory inv = inspect_disk();
+        ASSERT_TRUE(inv.windows_guest.has_value()) << head;
+        EXPECT_FALSE(inv.windows_guest->hibernated) << head;
+        EXPECT_EQ(findings_of(inv), "") << head;
+    }
+}
+
+TEST_F(WindowsInspect, FastStartupIsAWarning) {
+    auto files = server_2019("");
+    files["Windows/System32/config/SOFTWARE"] =
+        software_hive("Windows 10 Pro", "Professional", "19045", "22H2");
+    files["Windows/System32/config/SYSTEM"] = system_hive("DESK-7", 1);
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->product_name, "Windows 10 Pro");
+    EXPECT_EQ(inv.windows_guest->display_version, "22H2");
+    EXPECT_EQ(inv.windows_guest->hostname, "DESK-7");
+    EXPECT_TRUE(inv.windows_guest->fast_startup);
+    EXPECT_FALSE(inv.windows_guest->hibernated);
+    EXPECT_EQ(
+        findings_of(inv),
+        "fast-startup [warning] Fast Startup is on (HiberbootEnabled=1 in "
+        "ControlSet001\\Control\\Session Manager\\Power of \\Windows\\System32\\config\\SYSTEM "
+        "on partition 1): a shutdown hibernates the kernel and may leave the NTFS volumes "
+        "dirty; turn it off (powercfg /h off) and shut down again before the last sync\n");
+}
+
+// Names differ in case from Windows' own, as NTFS allows; and the disk is
+// GPT with an EFI System partition before the Windows volume.
+TEST_F(WindowsInspect, UefiSystemOnGptFoundWhateverTheCaseOfItsPaths) {
+    make_disk({{"WINDOWS/system32/CONFIG/software",
+                software_hive("Windows Server 2022 Datacenter", "ServerDatacenter", "20348")},
+               {"WINDOWS/system32/CONFIG/system", system_hive("WIN-EFI", 0)}},
+              "gpt");
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(findings_of(inv), "");
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->system_partition, 2u);
+    EXPECT_EQ(inv.windows_guest->product_name, "Windows Server 2022 Datacenter");
+    EXPECT_EQ(inv.windows_guest->current_build, "20348");
+    EXPECT_EQ(inv.windows_guest->hostname, "WIN-EFI");
+    EXPECT_EQ(inv.windows_guest->boot_mode, "uefi");
+    EXPECT_EQ(inv.windows_guest->boot_partition, 0u);
+}
+
+TEST_F(WindowsInspect, BiosDiskWithoutBootLoaderHasUnknownBootMode) {
+    auto files = server_2019("");
+    files.erase("bootmgr");
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->boot_mode, "unknown");
+    EXPECT_EQ(inv.windows_guest->boot_partition, 0u);
+}
+
+TEST_F(WindowsInspect, MissingSystemHiveIsNamed) {
+    auto files = server_2019("");
+    files.erase("Windows/System32/config/SYSTEM");
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(findings_of(inv), "windows-unreadable [warning] partition 1: "
+                                "\\Windows\\System32\\config\\SYSTEM is missing\n");
+    // What SOFTWARE says is still reported.
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->product_name, "Windows Server 2019 Standard");
+    EXPECT_EQ(inv.windows_guest->hostname, "");
+}
+
+TEST_F(WindowsInspect, CurrentControlSetThatDoesNotExistIsNamed) {
+    auto files = server_2019("");
+    files["Windows/System32/config/SYSTEM"] =
+        hive({{"Select", {dword("Current", 2)}},
+              {"ControlSet001\\Control\\ComputerName\\ComputerName", {sz("ComputerName", "OLD")}}});
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(findings_of(inv), "windows-unreadable [warning] \\Windows\\System32\\config\\SYSTEM "
+                                "on partition 1: Select\\Current names ControlSet002, which does "
+                                "not exist: the host name and Fast Startup setting are unknown\n");
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->hostname, "");
+}
+
+TEST_F(WindowsInspect, VolumeWithoutWindowsIsNamed) {
+    make_disk({{"Users/readme.txt", "not Windows\n"}});
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(inv.os, "windows");
+    EXPECT_FALSE(inv.windows_guest.has_value());
+    EXPECT_EQ(findings_of(inv),
+              "windows-unreadable [warning] no NTFS volume holds "
+              "\\Windows\\System32\\config\\SYSTEM (searched partition 1): no Windows "
+              "installation was found\n");
+}
+
+TEST_F(WindowsInspect, GarbageSoftwareHiveIsNamedAndSystemStillRead) {
+    std::string garbage(64 << 10, '\0');
+    for (size_t i = 0; i < garbage.size(); ++i)
+        garbage[i] = static_cast<char>((i * 2654435761u) >> 13);
+    auto files = server_2019("");
+    files["Windows/System32/config/SOFTWARE"] = garbage;
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(findings_of(inv),
+              "windows-unreadable [warning] \\Windows\\System32\\config\\SOFTWARE on partition 1 "
+              "is not a registry hive: it does not start with 'regf'\n");
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->product_name, "");
+    EXPECT_EQ(inv.windows_guest->hostname, "WIN-P2V01");
+}
+
+// A real hive header over damaged bins: the header passes, the cells lie.
+TEST_F(WindowsInspect, HiveWithDamagedBinsIsNamed) {
+    auto files = server_2019("");
+    std::string& hive = files["Windows/System32/config/SYSTEM"];
+    ASSERT_GT(hive.size(), 0x1000u + 64);
+    for (size_t i = 0x1000 + 32; i < hive.size(); ++i)
+        hive[i] = static_cast<char>(0xA5 ^ (i * 7));
+    make_disk(files);
+    ASSERT_FALSE(HasFatalFailure());
+    const Inventory inv = inspect_disk();
+    ASSERT_EQ(inv.findings.size(), 1u) << findings_of(inv);
+    EXPECT_EQ(inv.findings[0].id, "windows-unreadable");
+    EXPECT_EQ(
+        inv.findings[0].message.rfind("\\Windows\\System32\\config\\SYSTEM on partition 1", 0), 0u)
+        << inv.findings[0].message;
+    ASSERT_TRUE(inv.windows_guest.has_value());
+    EXPECT_EQ(inv.windows_guest->product_name, "Windows Server 2019 Standard");
+    EXPECT_EQ(inv.windows_guest->hostname, "");
+}
+
+TEST_F(WindowsInspect, TruncatedNtfsIsAFindingNotACrash) {
+    make_disk(server_2019(""));
+    ASSERT_FALSE(HasFatalFailure());
+    // The disk ends 4 MiB into the partition: boot sector there, most of the
+    // MFT and every file's data gone.
+    fs::resize_file(image_, (1 << 20) + (4 << 20));
+    const Inventory inv = inspect_disk();
+    EXPECT_EQ(inv.os, "windows");
+    EXPECT_FALSE(inv.windows_guest.has_value());
+    std::vector<const Finding*> unreadable;
+    for (const Finding& f : inv.findings)
+        if (f.id == "windows-unreadable")
+            unreadable.push_back(&f);
+    ASSERT_EQ(unreadable.size(), 1u) << findings_of(inv);
+    EXPECT_EQ(unreadable[0]->severity, "warning");
+    const std::string& m = unreadable[0]->message;
+    EXPECT_EQ(m.rfind("partition 1: the NTFS file system cannot be opened: ", 0), 0u) << m;
+    EXPECT_NE(m.find("lies past the end of the partition (4 MiB)"), std::string::npos) << m;
+}
+
+} // namespace
+} // namespace p2vfs::guest

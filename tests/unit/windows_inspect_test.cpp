@@ -49,7 +49,7 @@ bool have(const char* tool) {
 
 std::string minimal_hive_path() {
     const char* env = std::getenv("P2VFS_MINIMAL_HIVE");
-    return env ? env : "/work/shared/data/registry/minimal.hive";
+    return env ? env : P2VFS_TEST_DATA "/registry/minimal.hive";
 }
 
 std::string read_whole(const fs::path& p) {

@@ -125,6 +125,13 @@ list_dir() {
     find "$1" -mindepth 1 -maxdepth 1 -printf '%f\n' | LC_ALL=C sort | tr '\n' ' '
 }
 
+# list_views DIR: list_dir of a source's folder without the files the
+# daemon writes beside the views (info.json, report.txt of inspection).
+list_views() {
+    find "$1" -mindepth 1 -maxdepth 1 ! -name info.json ! -name report.txt -printf '%f\n' |
+        LC_ALL=C sort | tr '\n' ' '
+}
+
 # ---------------------------------------------------------------- scratch dir
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/p2vfs-$TEST_NAME.XXXXXX")

@@ -44,7 +44,7 @@ cmp "$src" "$mnt/pc1/disk.raw" || fail "disk.raw differs from the source"
 path=$(ctl expose pc1 vhdx)
 assert_eq "$mnt/pc1/disk.vhdx" "$path" "p2vctl expose prints the view's path"
 [[ -f $mnt/pc1/disk.vhdx ]] || fail "disk.vhdx is not in the mount"
-assert_eq "disk.raw disk.vhdx " "$(list_dir "$mnt/pc1")" "files of pc1"
+assert_eq "disk.raw disk.vhdx " "$(list_views "$mnt/pc1")" "files of pc1"
 
 mkdir "$T/out"
 run_rc ctl materialize pc1 disk.vhdx "$T/out/pc1.vhdx" --parallel 3 --wait
@@ -88,7 +88,7 @@ qemu-img compare -q -f raw -F raw "$src" "nbd+unix:///?socket=$T/dest.sock" ||
 # A restart brings the source, its exposed view and the job back.
 stop_daemon "$mnt"
 start_bus_daemon "$mnt" --state-dir "$T/state" --views raw
-assert_eq "disk-stream.vmdk disk.raw disk.vhdx " "$(list_dir "$mnt/pc1")" "files of pc1 after a restart"
+assert_eq "disk-stream.vmdk disk.raw disk.vhdx " "$(list_views "$mnt/pc1")" "files of pc1 after a restart"
 cmp "$T/out/pc1.vhdx" "$mnt/pc1/disk.vhdx" || fail "disk.vhdx changed across the restart"
 assert_eq done "$(job_field 1 state)" "job 1 after the restart"
 

@@ -42,9 +42,9 @@ expect_refused t600 disk.vdi "exceeds the format's 511 TiB limit"
 
 # What holds the disk is there, at its full size.
 assert_eq "disk-esx-flat.vmdk disk-esx.vmdk disk-stream.vmdk disk.raw disk.vdi " \
-    "$(list_dir "$T/mnt/t70")" "files of the 70 TiB disk"
+    "$(list_views "$T/mnt/t70")" "files of the 70 TiB disk"
 assert_eq "disk-esx-flat.vmdk disk-esx.vmdk disk-stream.vmdk disk.raw " \
-    "$(list_dir "$T/mnt/t600")" "files of the 600 TiB disk"
+    "$(list_views "$T/mnt/t600")" "files of the 600 TiB disk"
 assert_eq $((70 * TiB)) "$(qemu_virtual_size vdi "$T/mnt/t70/disk.vdi")" "t70/disk.vdi virtual size"
 assert_eq $((600 * TiB)) "$(qemu_virtual_size vmdk "$T/mnt/t600/disk-esx.vmdk")" \
     "t600/disk-esx.vmdk virtual size"

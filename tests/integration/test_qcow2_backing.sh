@@ -53,7 +53,7 @@ MNT=$T/mnt
 start_daemon "$MNT" --source "d=$D" --views none \
     --view "d/delta.qcow2=qcow2,backing-file=$B,backing-format=raw" \
     --view "d/delta4k.qcow2=qcow2,cluster-size=4K,backing-file=$B,backing-format=raw"
-assert_eq "delta.qcow2 delta4k.qcow2 " "$(list_dir "$MNT/d")" "files of d"
+assert_eq "delta.qcow2 delta4k.qcow2 " "$(list_views "$MNT/d")" "files of d"
 
 # "BACKING-FILENAME BACKING-FORMAT" from qemu-img info.
 backing_info() { # FILE

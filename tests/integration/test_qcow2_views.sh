@@ -90,7 +90,7 @@ check_qcowmount() { # FILE SRC WHAT
 for name in sparse random tiny odd boundary; do
     src=${SRC[$name]}
     size=$(stat -c %s "$src")
-    assert_eq "c2m.qcow2 c4k.qcow2 disk.qcow2 " "$(list_dir "$MNT/$name")" "files of $name"
+    assert_eq "c2m.qcow2 c4k.qcow2 disk.qcow2 " "$(list_views "$MNT/$name")" "files of $name"
     for view in "${VARIANTS[@]}"; do
         f=$MNT/$name/$view
         what="$name/$view"

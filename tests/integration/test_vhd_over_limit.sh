@@ -21,7 +21,7 @@ assert_eq $((2041 * GiB)) "$(stat -c %s "$over")" "size of the 2041 GiB source"
 
 start_daemon "$T/mnt" --source over="$over" --source at="$at"
 
-listing=$(list_dir "$T/mnt/over")
+listing=$(list_views "$T/mnt/over")
 others=()
 for view in "${VIEWS[@]}"; do
     [[ $view == *.vhd ]] || others+=("$view")
@@ -50,7 +50,7 @@ for view in disk.raw disk.vmdk; do
 done
 
 # At the limit, both VHDs exist and qemu sees the whole disk.
-listing=$(list_dir "$T/mnt/at")
+listing=$(list_views "$T/mnt/at")
 assert_eq "$(sorted_listing "${VIEWS[@]}")" "$listing" "files of the 2040 GiB source"
 for view in disk.vhd disk-fixed.vhd; do
     assert_eq $((2040 * GiB)) "$(qemu_virtual_size vpc "$T/mnt/at/$view")" "at/$view virtual-size"

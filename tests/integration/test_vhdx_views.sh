@@ -95,7 +95,7 @@ for name in sparse random tiny odd; do
     dir=$MNT/$name
     [[ -d $dir ]] || fail "$dir is missing"
     assert_eq "b1m-fixed.vhdx b1m.vhdx disk-fixed.vhdx disk.vhdx l4k-fixed.vhdx l4k.vhdx " \
-        "$(list_dir "$dir")" "files in $dir"
+        "$(list_views "$dir")" "files in $dir"
 
     for view in disk.vhdx disk-fixed.vhdx b1m.vhdx b1m-fixed.vhdx l4k.vhdx l4k-fixed.vhdx; do
         f=$dir/$view

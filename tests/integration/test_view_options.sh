@@ -11,8 +11,8 @@ size=$(stat -c %s "$odd")
 
 start_daemon "$T/mnt" --source a="$odd" --source b="$odd" --views raw \
     --view a/azure.vhd=vhd-fixed,round=mib --view a/esx.vmdk=vmdk,adapter=lsilogic,hwversion=7
-assert_eq "azure.vhd disk.raw esx.vmdk" "$(ls "$T/mnt/a" | tr '\n' ' ' | sed 's/ $//')" "files of a"
-assert_eq "disk.raw" "$(ls "$T/mnt/b")" "files of b"
+assert_eq "azure.vhd disk.raw esx.vmdk " "$(list_views "$T/mnt/a")" "files of a"
+assert_eq "disk.raw " "$(list_views "$T/mnt/b")" "files of b"
 assert_eq $(((size + 1048575) / 1048576 * 1048576)) "$(qemu_virtual_size vpc "$T/mnt/a/azure.vhd")" \
     "azure.vhd virtual size (whole MiB)"
 qemu-img compare -q -f raw -F vpc "$odd" "$T/mnt/a/azure.vhd" || fail "azure.vhd differs"

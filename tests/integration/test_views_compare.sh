@@ -39,7 +39,7 @@ for name in sparse random tiny odd; do
     size=$(stat -c %s "$src")
     dir=$MNT/$name
     [[ -d $dir ]] || fail "$dir is missing"
-    listing=$(list_dir "$dir")
+    listing=$(list_views "$dir")
     assert_eq "$(sorted_listing "${VIEWS[@]}")" "$listing" "files in $dir"
 
     assert_eq "$size" "$(stat -c %s "$dir/disk.raw")" "$name: size of disk.raw"

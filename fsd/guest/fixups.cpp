@@ -493,8 +493,10 @@ json to_json(const FixupPlan& plan) {
 }
 
 namespace {
-// Changed lines: the common head and tail kept out, the middle shown as
-// removed then added (the files fixups touch are short).
+// Changed lines: the common head and tail kept out; in between, lines both
+// versions keep (a longest common subsequence) are shown as context (" "),
+// the others as removed ("-") and added ("+"). Fixups touch short files; a
+// middle too large for the table is shown as all removed, then all added.
 void diff_lines(std::ostringstream& o, const std::string& before, const std::string& after) {
     const auto a = split_lines(before), b = split_lines(after);
     size_t head = 0;
@@ -505,10 +507,32 @@ void diff_lines(std::ostringstream& o, const std::string& before, const std::str
            a[a.size() - 1 - tail] == b[b.size() - 1 - tail])
         ++tail;
     o << "@@ line " << head + 1 << " @@\n";
-    for (size_t i = head; i < a.size() - tail; ++i)
-        o << "-" << a[i] << "\n";
-    for (size_t i = head; i < b.size() - tail; ++i)
-        o << "+" << b[i] << "\n";
+    const size_t n = a.size() - head - tail, m = b.size() - head - tail;
+    if (n * m > (1u << 22)) {
+        for (size_t i = 0; i < n; ++i)
+            o << "-" << a[head + i] << "\n";
+        for (size_t j = 0; j < m; ++j)
+            o << "+" << b[head + j] << "\n";
+        return;
+    }
+    // lcs[i][j]: length of the common subsequence of a's middle from i and b's from j.
+    std::vector<std::vector<uint32_t>> lcs(n + 1, std::vector<uint32_t>(m + 1, 0));
+    for (size_t i = n; i-- > 0;)
+        for (size_t j = m; j-- > 0;)
+            lcs[i][j] = a[head + i] == b[head + j] ? lcs[i + 1][j + 1] + 1
+                                                   : std::max(lcs[i + 1][j], lcs[i][j + 1]);
+    size_t i = 0, j = 0;
+    while (i < n || j < m) {
+        if (i < n && j < m && a[head + i] == b[head + j]) {
+            o << " " << a[head + i] << "\n";
+            ++i;
+            ++j;
+        } else if (j == m || (i < n && lcs[i + 1][j] >= lcs[i][j + 1])) {
+            o << "-" << a[head + i++] << "\n";
+        } else {
+            o << "+" << b[head + j++] << "\n";
+        }
+    }
 }
 } // namespace
 

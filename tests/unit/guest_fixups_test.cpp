@@ -322,6 +322,23 @@ TEST_F(GuestFixups, NoDriverForAnyControllerIsABlocker) {
         << plan.refusals.front();
 }
 
+TEST(FixupPreview, ShowsChangedLinesWithTheKeptOnesBetweenAsContext) {
+    FixupPlan plan;
+    plan.profile = "kvm";
+    plan.steps.push_back({"fstab-by-uuid", "names by UUID",
+                          {{"/etc/fstab", "file", "# t\n/dev/sda1 / ext4 0 1\nproc /proc proc 0 0\n/dev/sda2 none swap 0 0\n# end\n",
+                            "# t\nUUID=1 / ext4 0 1\nproc /proc proc 0 0\nUUID=2 none swap 0 0\n# end\n", 0644}}});
+    plan.steps.push_back({"remove-persistent-net-rules", "gone", {{"/etc/x.rules", "file", "a\n", std::nullopt, 0644}}});
+    EXPECT_EQ(preview_text(plan), "Fixups for kvm\n"
+                                  "\n== fstab-by-uuid: names by UUID\n"
+                                  "--- /etc/fstab\n+++ /etc/fstab\n@@ line 2 @@\n"
+                                  "-/dev/sda1 / ext4 0 1\n+UUID=1 / ext4 0 1\n"
+                                  " proc /proc proc 0 0\n"
+                                  "-/dev/sda2 none swap 0 0\n+UUID=2 none swap 0 0\n"
+                                  "\n== remove-persistent-net-rules: gone\n"
+                                  "--- /etc/x.rules\n+++ /etc/x.rules (removed)\n@@ line 1 @@\n-a\n");
+}
+
 TEST(DeviceNames, PartitionOfControllerPaths) {
     EXPECT_EQ(partition_of_device_name("/dev/sda1"), 1u);
     EXPECT_EQ(partition_of_device_name("/dev/cciss/c0d0p2"), 2u);

@@ -5,6 +5,7 @@
 #include "p2vfs/manager_adaptor.h"
 #include "p2vfs/source_adaptor.h"
 
+#include <cmath>
 #include <csignal>
 #include <deque>
 #include <functional>
@@ -66,7 +67,7 @@ T option(const Options& options, const std::string& key, const char* type, T fal
     return it->second.get<T>();
 }
 
-void check_known(const Options& options, std::initializer_list<const char*> known) {
+void check_known(const Options& options, const std::vector<const char*>& known) {
     if (options.size() > Limits::options)
         throw InvalidArgument("too many options");
     for (const auto& [key, value] : options) {
@@ -81,6 +82,44 @@ void check_known(const Options& options, std::initializer_list<const char*> know
                                   "' (known: " + list + ")");
         }
     }
+}
+
+// A string option, at most Limits::option_value bytes.
+std::string text_option(const Options& options, const std::string& key, std::string fallback = {}) {
+    std::string value = option<std::string>(options, key, "s", std::move(fallback));
+    if (value.size() > Limits::option_value)
+        throw InvalidArgument("option '" + key + "' is " + std::to_string(value.size()) +
+                              " bytes long; the limit is " + std::to_string(Limits::option_value));
+    return value;
+}
+
+// The schedule's values, as the XML describes them: numbers a caller sends
+// are checked here so that none reaches a clock as NaN or years of minutes.
+constexpr double max_interval_minutes = 525600; // a year
+constexpr int64_t max_unix_time = 253402300799; // 9999-12-31T23:59:59Z
+
+void check_interval(const std::string& what, double minutes) {
+    if (!std::isfinite(minutes) || minutes < 0 || minutes > max_interval_minutes)
+        throw InvalidArgument(what + " must be from 0 to " +
+                              std::to_string(static_cast<int>(max_interval_minutes)) +
+                              " minutes (0: only when asked), not " + std::to_string(minutes));
+}
+
+void check_time(const std::string& what, int64_t unix_seconds) {
+    if (unix_seconds < 0 || unix_seconds > max_unix_time)
+        throw InvalidArgument(what + " must be Unix seconds from 0 (none) to " +
+                              std::to_string(max_unix_time) + ", not " +
+                              std::to_string(unix_seconds));
+}
+
+// An absolute path given as an option (the core checks the paths it takes
+// as arguments itself).
+void check_absolute(const std::string& what, const std::string& path) {
+    if (path.size() > Limits::uri)
+        throw InvalidArgument(what + " is " + std::to_string(path.size()) +
+                              " bytes long; the limit is " + std::to_string(Limits::uri));
+    if (!path.starts_with("/"))
+        throw InvalidArgument(what + " '" + path + "': must be an absolute path");
 }
 
 // What the caller of the call being served may do.
@@ -212,8 +251,11 @@ private:
             return sdbus::ObjectPath(job_object_path(id));
         });
     }
-    static FixupRequest fixup_request(const std::string& profile, const Options& options) {
-        check_known(options, {"memory-mib", "cpus", "vendor-agents", "firstboot"});
+    // The fixups' options of PlanFixups and ApplyFixups, also given to
+    // StartSync among its own (each caller checks for unknown ones).
+    static inline const std::vector<const char*> fixup_option_names = {
+        "memory-mib", "cpus", "vendor-agents", "firstboot"};
+    static FixupRequest read_fixup_request(const std::string& profile, const Options& options) {
         FixupRequest r;
         r.profile = profile;
         r.memory_mib = option<uint32_t>(options, "memory-mib", "u", r.memory_mib);
@@ -222,6 +264,67 @@ private:
         if (options.count("vendor-agents"))
             r.vendor_agents = option<std::vector<std::string>>(options, "vendor-agents", "as", {});
         return r;
+    }
+    static FixupRequest fixup_request(const std::string& profile, const Options& options) {
+        check_known(options, fixup_option_names);
+        return read_fixup_request(profile, options);
+    }
+    sdbus::ObjectPath StartSync(const std::string& destination, const std::string& format,
+                                const Options& options) override {
+        return answer("StartSync", [&] {
+            std::vector<const char*> known = {
+                "block-size",        "parallel",         "detection",       "bitmap",
+                "reflink-dir",       "interval-minutes", "cutover-at",      "quiesce-command",
+                "unquiesce-command", "quiesce-signal",   "quiesce-timeout", "profile"};
+            known.insert(known.end(), fixup_option_names.begin(), fixup_option_names.end());
+            check_known(options, known);
+            SyncOptions o;
+            if (format.size() > Limits::name)
+                throw InvalidArgument("format '" + format.substr(0, Limits::name) +
+                                      "...' is too long");
+            if (!format.empty())
+                o.format = format;
+            o.block_size = option<uint64_t>(options, "block-size", "t", o.block_size);
+            o.parallel = option<uint32_t>(options, "parallel", "u", o.parallel);
+            if (o.parallel < 1 || o.parallel > 16)
+                throw InvalidArgument("option 'parallel' must be from 1 to 16, not " +
+                                      std::to_string(o.parallel));
+            o.detection = text_option(options, "detection", o.detection);
+            if (o.detection != "auto" && o.detection != "hash" && o.detection != "dirty-bitmap" &&
+                o.detection != "reflink")
+                throw InvalidArgument("option 'detection' must be auto, hash, dirty-bitmap or "
+                                      "reflink, not '" +
+                                      o.detection.substr(0, Limits::name) + "'");
+            o.bitmap = text_option(options, "bitmap");
+            o.reflink_dir = text_option(options, "reflink-dir");
+            if (!o.reflink_dir.empty())
+                check_absolute("option 'reflink-dir'", o.reflink_dir);
+            o.interval_minutes = option<double>(options, "interval-minutes", "d", 0);
+            check_interval("option 'interval-minutes'", o.interval_minutes);
+            o.cutover_at = option<int64_t>(options, "cutover-at", "x", 0);
+            check_time("option 'cutover-at'", o.cutover_at);
+            o.quiesce_command = text_option(options, "quiesce-command");
+            o.unquiesce_command = text_option(options, "unquiesce-command");
+            o.quiesce_signal = option<bool>(options, "quiesce-signal", "b", false);
+            o.quiesce_timeout = option<double>(options, "quiesce-timeout", "d", o.quiesce_timeout);
+            if (!std::isfinite(o.quiesce_timeout) || o.quiesce_timeout <= 0 ||
+                o.quiesce_timeout > 86400)
+                throw InvalidArgument("option 'quiesce-timeout' must be over 0 and at most "
+                                      "86400 seconds, not " +
+                                      std::to_string(o.quiesce_timeout));
+            std::optional<FixupRequest> fixups;
+            if (options.count("profile")) {
+                fixups = read_fixup_request(text_option(options, "profile"), options);
+            } else {
+                for (const char* key : fixup_option_names)
+                    if (options.count(key))
+                        throw InvalidArgument("option '" + std::string(key) +
+                                              "' needs option 'profile' (the fixups' target)");
+            }
+            const Caller caller = caller_of(getObject());
+            const std::string id = core_.start_sync(caller, name_, destination, o, fixups);
+            return sdbus::ObjectPath(job_object_path(id));
+        });
     }
     std::tuple<std::string, std::string> Inspect(const bool& refresh) override {
         return answer("Inspect", [&] {
@@ -274,6 +377,13 @@ class JobObject
 public:
     JobObject(sdbus::IConnection& c, Core& core, std::string id)
         : AdaptorInterfaces(c, job_object_path(id)), core_(core), id_(std::move(id)) {
+        try {
+            sync_ = core_.job(id_).kind == "sync";
+            if (sync_)
+                fixups_plan_ = core_.job_fixups_plan(id_);
+        } catch (const std::exception& e) {
+            spdlog::debug("D-Bus: job {}: {}", id_, e.what()); // removed meanwhile
+        }
         registerAdaptor();
         try {
             emitInterfacesAddedSignal({org::p2vfs1::Job_adaptor::INTERFACE_NAME});
@@ -291,12 +401,25 @@ public:
         unregisterAdaptor();
     }
     void moved() {
-        emitPropertiesChangedSignal(org::p2vfs1::Job_adaptor::INTERFACE_NAME,
-                                    {"State", "Phase", "BytesTotal", "BytesDone", "BytesCopied",
-                                     "BytesResumed", "BytesWritten", "BytesCheckpointed",
-                                     "BytesVerified", "Rate",
-                                     "ETA", "Error"});
+        std::vector<std::string> names = {
+            "State",         "Phase",        "BytesTotal",   "BytesDone",
+            "BytesCopied",   "BytesResumed", "BytesWritten", "BytesCheckpointed",
+            "BytesVerified", "Rate",         "ETA",          "Error"};
+        if (sync_) {
+            names.insert(names.end(),
+                         {"Destination", "Generation", "ChangedBytes", "WrittenBytes", "ReadBytes",
+                          "Detection", "NextEvent", "NextEventTime", "Bootable", "Target"});
+            // The plan is large and set once, at the cutover: sent when it
+            // changes, not with every move.
+            const std::string plan = core_.job_fixups_plan(id_);
+            if (plan != fixups_plan_) {
+                fixups_plan_ = plan;
+                names.push_back("FixupsPlan");
+            }
+        }
+        emitPropertiesChangedSignal(org::p2vfs1::Job_adaptor::INTERFACE_NAME, names);
     }
+    void quiesce_requested(bool quiesce) { emitQuiesceRequested(quiesce); }
 
 private:
     JobInfo info() {
@@ -313,6 +436,25 @@ private:
     }
     void Remove() override {
         answer("Remove", [&] { core_.remove_job(caller_of(getObject()), id_); });
+    }
+    void Sync() override {
+        answer("Sync", [&] { core_.sync_now(caller_of(getObject()), id_); });
+    }
+    void Cutover() override {
+        answer("Cutover", [&] { core_.cutover(caller_of(getObject()), id_); });
+    }
+    void Retarget(const std::string& destination) override {
+        answer("Retarget", [&] { core_.retarget(caller_of(getObject()), id_, destination); });
+    }
+    void SetSchedule(const double& interval_minutes, const int64_t& cutover_at) override {
+        answer("SetSchedule", [&] {
+            check_interval("interval_minutes", interval_minutes);
+            check_time("cutover_at", cutover_at);
+            core_.set_schedule(caller_of(getObject()), id_, interval_minutes, cutover_at);
+        });
+    }
+    void AckQuiesce(const bool& ok, const std::string& message) override {
+        answer("AckQuiesce", [&] { core_.quiesce_ack(caller_of(getObject()), id_, ok, message); });
     }
     std::string Id() override { return id_; }
     std::string Kind() override { return info().kind; }
@@ -332,9 +474,25 @@ private:
     double Rate() override { return info().progress.rate; }
     double ETA() override { return info().progress.eta_seconds; }
     std::string Error() override { return info().progress.error; }
+    uint64_t Generation() override { return info().progress.generation; }
+    uint64_t ChangedBytes() override { return info().progress.changed_bytes; }
+    uint64_t WrittenBytes() override { return info().progress.written_bytes; }
+    uint64_t ReadBytes() override { return info().progress.read_bytes; }
+    std::string Detection() override { return info().progress.detection; }
+    std::string NextEvent() override { return info().progress.next_event; }
+    int64_t NextEventTime() override { return info().progress.next_event_time; }
+    bool Bootable() override { return info().progress.bootable; }
+    std::string Target() override { return info().progress.target; }
+    std::string FixupsPlan() override {
+        if (!sync_)
+            return {};
+        return answer("Get", [&] { return core_.job_fixups_plan(id_); });
+    }
 
     Core& core_;
     std::string id_;
+    bool sync_ = false;       // a sync job: moved() sends its properties too
+    std::string fixups_plan_; // as last sent
 };
 
 } // namespace
@@ -452,6 +610,14 @@ struct DbusService::Impl : CoreObserver {
     }
     void job_removed(const std::string& id) override {
         post([this, id] { jobs.erase(id); });
+    }
+    void job_quiesce(const std::string& id, bool quiesce) override {
+        post([this, id, quiesce] {
+            if (auto it = jobs.find(id); it != jobs.end())
+                it->second->quiesce_requested(quiesce);
+            else
+                spdlog::warn("D-Bus: job {} asks for quiesce, but has no object", id);
+        });
     }
 };
 

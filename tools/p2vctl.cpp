@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <functional>
 #include <getopt.h>
 #include <nlohmann/json.hpp>
 #include <sdbus-c++/sdbus-c++.h>
@@ -65,16 +67,38 @@ const char* usage_text =
     "                                boot on the target (into the overlay, never the\n"
     "                                source); apply also shows the target's disk and\n"
     "                                VM description in the folder\n"
-    "  fixups discard NAME           drop the fixups: the views show the source again"
+    "  fixups discard NAME           drop the fixups: the views show the source again\n"
+    "  sync start NAME DEST [--format F] [--block-size SIZE] [--parallel N]\n"
+    "             [--detection auto|hash|dirty-bitmap|reflink] [--bitmap B]\n"
+    "             [--reflink-dir DIR] [--every MINUTES] [--cutover-at TIME]\n"
+    "             [--quiesce-command CMD] [--unquiesce-command CMD] [--quiesce-signal]\n"
+    "             [--quiesce-timeout SECONDS] [--profile kvm|vmware|hyperv]\n"
+    "             [--memory MIB] [--cpus N] [--agents SVC,SVC...] [--no-firstboot]\n"
+    "             [--wait]\n"
+    "                                keep a target image DEST (format F: raw, qcow2\n"
+    "                                (default), vmdk, vhd, vhdx, vdi; written as\n"
+    "                                DEST.part until the cutover) in step with source\n"
+    "                                NAME; prints the job's ID; --wait: until the\n"
+    "                                initial copy (generation 1) is done; --profile:\n"
+    "                                the fixups applied at the cutover\n"
+    "  sync now ID [--wait]          sync now; --wait: until that sync is done\n"
+    "  sync cutover ID [--wait]      quiesce, final sync, fixups, DEST.part renamed\n"
+    "                                to DEST; --wait: until the job has ended\n"
+    "  sync retarget ID DEST         the paused job's target was moved to DEST.part\n"
+    "  sync schedule ID [--every MINUTES] [--cutover-at TIME|none]\n"
+    "                                replace the schedule (what is left out: none)\n"
+    "  sync ack ID [--fail MESSAGE]  answer the job's QuiesceRequested signal (for\n"
+    "                                a tool on the source)\n"
+    "                                TIME: Unix seconds or 2026-11-25T18:00:00Z (UTC)\n"
     "\n"
     "Options:\n"
     "  --bus BUS     system (default), session or a D-Bus address; also $P2VFS_BUS\n"
     "  --json        print JSON for scripts instead of text\n"
     "  -h, --help    this text\n"
     "\n"
-    "Exit status: 0 success; 1 the daemon refused or the job failed; 2 bad command\n"
-    "line; 3 no p2vfsd reachable; 4 access denied; 5 no such source, view or job;\n"
-    "6 the job waited for was cancelled.\n";
+    "Exit status: 0 success (--wait: what was waited for happened); 1 the daemon\n"
+    "refused or the job failed; 2 bad command line; 3 no p2vfsd reachable; 4 access\n"
+    "denied; 5 no such source, view or job; 6 the job waited for was cancelled.\n";
 
 struct Usage : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -121,6 +145,7 @@ public:
 private:
     void onPropertiesChanged(const std::string&, const Properties&,
                              const std::vector<std::string>&) override {}
+    void onQuiesceRequested(const bool&) override {}
 };
 
 struct Context {
@@ -130,6 +155,21 @@ struct Context {
 
 std::string text(const Properties& p, const char* key) { return p.at(key).get<std::string>(); }
 uint64_t number(const Properties& p, const char* key) { return p.at(key).get<uint64_t>(); }
+bool is_sync(const Properties& p) {
+    return text(p, "Kind") == "sync";
+}
+
+// Unix seconds as 2026-11-25T18:00:00Z; "none" for 0.
+std::string iso_time(int64_t unix_seconds) {
+    if (unix_seconds == 0)
+        return "none";
+    const time_t t = static_cast<time_t>(unix_seconds);
+    struct tm tm {};
+    char buf[32];
+    if (!::gmtime_r(&t, &tm) || !std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        return std::to_string(unix_seconds);
+    return buf;
+}
 
 json source_json(const Properties& p) {
     json views = json::array();
@@ -142,7 +182,8 @@ json source_json(const Properties& p) {
             {"fixups", text(p, "Fixups")}};
 }
 
-json job_json(const Properties& p) {
+// The fields every job has.
+json common_job_json(const Properties& p) {
     return {{"id", text(p, "Id")},
             {"kind", text(p, "Kind")},
             {"source", text(p, "SourceName")},
@@ -160,6 +201,34 @@ json job_json(const Properties& p) {
             {"rate", p.at("Rate").get<double>()},
             {"eta", p.at("ETA").get<double>()},
             {"error", text(p, "Error")}};
+}
+
+// A job as JSON; a sync job with its generation, last sync and schedule.
+json job_json(const Properties& p) {
+    json j = common_job_json(p);
+    if (is_sync(p)) {
+        j["generation"] = number(p, "Generation");
+        j["changed_bytes"] = number(p, "ChangedBytes");
+        j["written_bytes"] = number(p, "WrittenBytes");
+        j["read_bytes"] = number(p, "ReadBytes");
+        j["detection"] = text(p, "Detection");
+        j["next_event"] = text(p, "NextEvent");
+        j["next_event_time"] = p.at("NextEventTime").get<int64_t>();
+        j["bootable"] = p.at("Bootable").get<bool>();
+        j["target"] = text(p, "Target");
+    }
+    return j;
+}
+
+// What a sync job's last sync did: "generation 2: 12.0 MiB changed, ...".
+std::string last_sync(const Properties& p) {
+    std::string out = "generation " + std::to_string(number(p, "Generation"));
+    if (number(p, "Generation") > 0)
+        out += ": " + human_size(number(p, "ChangedBytes")) + " changed, " +
+               human_size(number(p, "WrittenBytes")) + " written, " +
+               human_size(number(p, "ReadBytes")) + " read" +
+               (text(p, "Detection").empty() ? "" : " (" + text(p, "Detection") + ")");
+    return out;
 }
 
 Properties source_properties(Context& ctx, const std::string& path) {
@@ -200,11 +269,20 @@ std::string duration(double seconds) {
 
 void print_job_line(const Properties& p) {
     const std::string state = text(p, "State");
-    std::printf("%-4s %-10s %s  %s of '%s' -> %s%s%s\n", text(p, "Id").c_str(), state.c_str(),
+    std::string sync;
+    if (is_sync(p)) {
+        sync = ", " + last_sync(p);
+        if (!text(p, "NextEvent").empty())
+            sync += "; next: " + text(p, "NextEvent") + " at " +
+                    iso_time(p.at("NextEventTime").get<int64_t>());
+        if (p.at("Bootable").get<bool>())
+            sync += "; bootable";
+    }
+    std::printf("%-4s %-10s %s  %s%s of '%s' -> %s%s%s%s\n", text(p, "Id").c_str(), state.c_str(),
                 percent(number(p, "BytesDone"), number(p, "BytesTotal")).c_str(),
-                text(p, "View").c_str(), text(p, "SourceName").c_str(),
-                text(p, "Destination").c_str(), text(p, "Error").empty() ? "" : ": ",
-                text(p, "Error").c_str());
+                is_sync(p) ? "sync to " : "", text(p, "View").c_str(),
+                text(p, "SourceName").c_str(), text(p, "Destination").c_str(), sync.c_str(),
+                text(p, "Error").empty() ? "" : ": ", text(p, "Error").c_str());
 }
 
 // ---- commands ----------------------------------------------------------------
@@ -286,6 +364,31 @@ Parsed parse(const std::vector<std::string>& args, const std::vector<std::string
     return p;
 }
 
+// "a,b,,c" -> {"a", "b", "c"}.
+std::vector<std::string> split_list(const std::string& v) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= v.size()) {
+        const size_t end = std::min(v.find(',', start), v.size());
+        if (end > start)
+            out.push_back(v.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+// A relative path is the caller's, not the daemon's.
+std::string absolute(const std::string& path) {
+    if (path.starts_with("/"))
+        return path;
+    char* cwd = ::getcwd(nullptr, 0);
+    if (!cwd)
+        return path;
+    std::string out = std::string(cwd) + "/" + path;
+    std::free(cwd);
+    return out;
+}
+
 int cmd_add(Context& ctx, const std::vector<std::string>& args) {
     const Parsed p = parse(args, {"--views"}, {"--no-persist"});
     if (p.positional.size() != 2)
@@ -293,15 +396,7 @@ int cmd_add(Context& ctx, const std::vector<std::string>& args) {
     std::map<std::string, sdbus::Variant> options;
     for (const auto& [k, v] : p.options) {
         if (k == "--views") {
-            std::vector<std::string> formats;
-            size_t start = 0;
-            while (start <= v.size()) {
-                const size_t end = std::min(v.find(',', start), v.size());
-                if (end > start)
-                    formats.push_back(v.substr(start, end - start));
-                start = end + 1;
-            }
-            options["views"] = sdbus::Variant(formats);
+            options["views"] = sdbus::Variant(split_list(v));
         } else if (k == "--no-persist") {
             options["persist"] = sdbus::Variant(false);
         }
@@ -341,12 +436,38 @@ int cmd_inspect(Context& ctx, const std::vector<std::string>& args) {
     return exit_ok;
 }
 
+// The options of the fixups' machine (fixups plan|apply, sync start), as
+// PlanFixups takes them: true if `key` was one of them.
+const std::vector<std::string> fixup_flags_with_value{"--memory", "--cpus", "--agents"};
+bool fixup_option(const std::string& key, const std::string& v,
+                  std::map<std::string, sdbus::Variant>& options) {
+    auto number_of = [](const std::string& k, const std::string& value) {
+        if (value.empty() || value.size() > 9 ||
+            value.find_first_not_of("0123456789") != std::string::npos)
+            throw Usage(k + " " + value + ": expected a whole number");
+        return static_cast<uint32_t>(std::stoul(value));
+    };
+    if (key == "--memory")
+        options["memory-mib"] = sdbus::Variant(number_of(key, v));
+    else if (key == "--cpus")
+        options["cpus"] = sdbus::Variant(number_of(key, v));
+    else if (key == "--no-firstboot")
+        options["firstboot"] = sdbus::Variant(false);
+    else if (key == "--agents")
+        options["vendor-agents"] = sdbus::Variant(split_list(v));
+    else
+        return false;
+    return true;
+}
+
 int cmd_fixups(Context& ctx, const std::vector<std::string>& args) {
     if (args.empty())
         throw Usage("fixups plan|apply|discard NAME ...");
     const std::string action = args[0];
     const std::vector<std::string> rest(args.begin() + 1, args.end());
-    const Parsed p = parse(rest, {"--profile", "--memory", "--cpus", "--agents"}, {"--no-firstboot"});
+    std::vector<std::string> with_value = fixup_flags_with_value;
+    with_value.push_back("--profile");
+    const Parsed p = parse(rest, with_value, {"--no-firstboot"});
     if (p.positional.size() != 1)
         throw Usage("fixups " + action + " NAME");
     SourceProxy s(*ctx.bus, p2vfs::source_object_path(p.positional[0]));
@@ -364,32 +485,9 @@ int cmd_fixups(Context& ctx, const std::vector<std::string>& args) {
         throw Usage("fixups plan|apply|discard NAME");
     std::string profile = "kvm";
     std::map<std::string, sdbus::Variant> options;
-    auto number_of = [](const std::string& key, const std::string& v) {
-        if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos)
-            throw Usage(key + " " + v + ": expected a whole number");
-        return static_cast<uint32_t>(std::stoul(v));
-    };
-    for (const auto& [k, v] : p.options) {
-        if (k == "--profile") {
-            profile = v;
-        } else if (k == "--memory") {
-            options["memory-mib"] = sdbus::Variant(number_of(k, v));
-        } else if (k == "--cpus") {
-            options["cpus"] = sdbus::Variant(number_of(k, v));
-        } else if (k == "--no-firstboot") {
-            options["firstboot"] = sdbus::Variant(false);
-        } else if (k == "--agents") {
-            std::vector<std::string> agents;
-            size_t start = 0;
-            while (start <= v.size()) {
-                const size_t end = std::min(v.find(',', start), v.size());
-                if (end > start)
-                    agents.push_back(v.substr(start, end - start));
-                start = end + 1;
-            }
-            options["vendor-agents"] = sdbus::Variant(agents);
-        }
-    }
+    for (const auto& [k, v] : p.options)
+        if (!fixup_option(k, v, options))
+            profile = v; // --profile
     std::string plan, preview;
     std::vector<std::string> files;
     const auto proxy = sdbus::createProxy(*ctx.bus, p2vfs::dbus_name,
@@ -459,10 +557,21 @@ int cmd_expose(Context& ctx, const std::vector<std::string>& args) {
     return exit_ok;
 }
 
-// Waits for the job to end; a progress bar on a terminal.
-int wait_for(Context& ctx, const std::string& path) {
-    const bool tty = ::isatty(STDERR_FILENO) && !ctx.json_output;
+// A job's properties once waiting ended, and whether it ended because
+// `reached` held (rather than the job ending).
+struct Waited {
     Properties p;
+    bool reached = false;
+};
+
+// Polls the job four times a second until it ends (done, failed, cancelled;
+// a paused job may be resumed) or `reached` holds of its properties; a
+// progress bar on a terminal.
+Waited wait_until(Context& ctx, const std::string& path,
+                  const std::function<bool(const Properties&)>& reached = {}) {
+    const bool tty = ::isatty(STDERR_FILENO) && !ctx.json_output;
+    Waited w;
+    Properties& p = w.p;
     size_t drawn = 0;
     for (;;) {
         p = job_properties(ctx, path);
@@ -489,15 +598,37 @@ int wait_for(Context& ctx, const std::string& path) {
             std::fputs(out.c_str(), stderr);
             std::fflush(stderr);
         }
+        if (reached && reached(p)) {
+            w.reached = true;
+            break;
+        }
         if (state != "running" && state != "paused")
             break;
         std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
     if (tty)
         std::fputs("\n", stderr);
+    return w;
+}
+
+int exit_code_of(const Waited& w) {
+    const std::string state = text(w.p, "State");
+    return w.reached || state == "done" ? exit_ok
+           : state == "cancelled"       ? exit_cancelled
+                                        : exit_failed;
+}
+
+// Prints how waiting ended (the job in JSON with --json); the exit code.
+int report(Context& ctx, const Waited& w) {
+    const Properties& p = w.p;
     const std::string state = text(p, "State");
     if (ctx.json_output)
         std::printf("%s\n", job_json(p).dump(2).c_str());
+    else if (w.reached)
+        std::printf("job %s: %s\n", text(p, "Id").c_str(), last_sync(p).c_str());
+    else if (state == "done" && is_sync(p))
+        std::printf("job %s: done: %s%s (%s)\n", text(p, "Id").c_str(), text(p, "Target").c_str(),
+                    p.at("Bootable").get<bool>() ? " is bootable" : "", last_sync(p).c_str());
     else if (state == "done")
         std::printf("job %s: done: %s (%s, %s of data written%s)\n", text(p, "Id").c_str(),
                     text(p, "Destination").c_str(), human_size(number(p, "BytesTotal")).c_str(),
@@ -506,7 +637,12 @@ int wait_for(Context& ctx, const std::string& path) {
     else
         std::printf("job %s: %s%s%s\n", text(p, "Id").c_str(), state.c_str(),
                     text(p, "Error").empty() ? "" : ": ", text(p, "Error").c_str());
-    return state == "done" ? exit_ok : state == "cancelled" ? exit_cancelled : exit_failed;
+    return exit_code_of(w);
+}
+
+// Waits for the job to end.
+int wait_for(Context& ctx, const std::string& path) {
+    return report(ctx, wait_until(ctx, path));
 }
 
 int cmd_materialize(Context& ctx, const std::vector<std::string>& args) {
@@ -541,14 +677,8 @@ int cmd_materialize(Context& ctx, const std::vector<std::string>& args) {
         }
     }
     std::string destination = p.positional[2];
-    // A relative path is the caller's, not the daemon's.
-    if (destination.find("://") == std::string::npos && !destination.starts_with("/")) {
-        char* cwd = ::getcwd(nullptr, 0);
-        if (cwd) {
-            destination = std::string(cwd) + "/" + destination;
-            std::free(cwd);
-        }
-    }
+    if (destination.find("://") == std::string::npos)
+        destination = absolute(destination);
     SourceProxy s(*ctx.bus, p2vfs::source_object_path(p.positional[0]));
     const std::string path = s.Materialize(p.positional[1], destination, options);
     if (wait)
@@ -561,6 +691,194 @@ int cmd_materialize(Context& ctx, const std::vector<std::string>& args) {
                     text(props, "View").c_str(), text(props, "SourceName").c_str(),
                     text(props, "Destination").c_str());
     return exit_ok;
+}
+
+// ---- sync jobs ---------------------------------------------------------------
+
+// A number of minutes or seconds: finite, not negative.
+double non_negative(const std::string& key, const std::string& v) {
+    char* end = nullptr;
+    const double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end || !std::isfinite(d) || d < 0)
+        throw Usage(key + " " + v + ": expected a number, 0 or more");
+    return d;
+}
+
+// TIME: Unix seconds, or an ISO 8601 UTC time (2026-11-25T18:00:00Z);
+// "none" (with `none_ok`) is 0.
+int64_t parse_time(const std::string& key, const std::string& v, bool none_ok) {
+    if (none_ok && v == "none")
+        return 0;
+    if (!v.empty() && v.size() <= 12 && v.find_first_not_of("0123456789") == std::string::npos)
+        return std::stoll(v);
+    struct tm tm {};
+    const char* end = ::strptime(v.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (end && (std::string(end) == "Z" || std::string(end) == "+00:00")) {
+        const struct tm asked = tm;
+        const time_t t = ::timegm(&tm);
+        // timegm moves a day that does not exist (February 30) on.
+        if (t >= 0 && tm.tm_mday == asked.tm_mday && tm.tm_mon == asked.tm_mon &&
+            tm.tm_hour == asked.tm_hour && tm.tm_min == asked.tm_min && tm.tm_sec == asked.tm_sec)
+            return static_cast<int64_t>(t);
+    }
+    throw Usage(key + " " + v + ": expected Unix seconds or a UTC time like 2026-11-25T18:00:00Z" +
+                (none_ok ? ", or none" : ""));
+}
+
+int cmd_sync_start(Context& ctx, const std::vector<std::string>& args) {
+    std::vector<std::string> with_value = fixup_flags_with_value;
+    with_value.insert(with_value.end(),
+                      {"--format", "--block-size", "--parallel", "--detection", "--bitmap",
+                       "--reflink-dir", "--every", "--cutover-at", "--quiesce-command",
+                       "--unquiesce-command", "--quiesce-timeout", "--profile"});
+    const Parsed p = parse(args, with_value, {"--quiesce-signal", "--no-firstboot", "--wait"});
+    if (p.positional.size() != 2)
+        throw Usage("sync start NAME DEST [options]");
+    std::string format = "qcow2";
+    std::map<std::string, sdbus::Variant> options;
+    bool wait = false, profile = false;
+    for (const auto& [k, v] : p.options) {
+        if (fixup_option(k, v, options)) {
+            continue;
+        } else if (k == "--format") {
+            format = v;
+        } else if (k == "--block-size") {
+            try {
+                options["block-size"] = sdbus::Variant(p2vfs::parse_size(v, "--block-size"));
+            } catch (const p2vfs::Error& e) {
+                throw Usage(e.what());
+            }
+        } else if (k == "--parallel") {
+            if (v.empty() || v.size() > 2 ||
+                v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) < 1 ||
+                std::stoul(v) > 16)
+                throw Usage("--parallel " + v + ": expected a number from 1 to 16");
+            options["parallel"] = sdbus::Variant(static_cast<uint32_t>(std::stoul(v)));
+        } else if (k == "--detection") {
+            options["detection"] = sdbus::Variant(v);
+        } else if (k == "--bitmap") {
+            options["bitmap"] = sdbus::Variant(v);
+        } else if (k == "--reflink-dir") {
+            options["reflink-dir"] = sdbus::Variant(absolute(v));
+        } else if (k == "--every") {
+            options["interval-minutes"] = sdbus::Variant(non_negative(k, v));
+        } else if (k == "--cutover-at") {
+            options["cutover-at"] = sdbus::Variant(parse_time(k, v, true));
+        } else if (k == "--quiesce-command") {
+            options["quiesce-command"] = sdbus::Variant(v);
+        } else if (k == "--unquiesce-command") {
+            options["unquiesce-command"] = sdbus::Variant(v);
+        } else if (k == "--quiesce-signal") {
+            options["quiesce-signal"] = sdbus::Variant(true);
+        } else if (k == "--quiesce-timeout") {
+            options["quiesce-timeout"] = sdbus::Variant(non_negative(k, v));
+        } else if (k == "--profile") {
+            options["profile"] = sdbus::Variant(v);
+            profile = true;
+        } else if (k == "--wait") {
+            wait = true;
+        }
+    }
+    if (!profile && (options.count("memory-mib") || options.count("cpus") ||
+                     options.count("vendor-agents") || options.count("firstboot")))
+        throw Usage("--memory, --cpus, --agents and --no-firstboot describe the target of "
+                    "--profile: give one");
+    SourceProxy s(*ctx.bus, p2vfs::source_object_path(p.positional[0]));
+    const std::string path = s.StartSync(absolute(p.positional[1]), format, options);
+    if (!wait) {
+        const Properties props = job_properties(ctx, path);
+        if (ctx.json_output)
+            std::printf("%s\n", job_json(props).dump(2).c_str());
+        else
+            std::printf("%s\n", text(props, "Id").c_str());
+        return exit_ok;
+    }
+    // The ID first (stdout holds nothing else): the job is there to ask
+    // about while the initial copy runs.
+    if (!ctx.json_output) {
+        std::printf("%s\n", path.substr(path.rfind('/') + 1).c_str());
+        std::fflush(stdout);
+    }
+    const Waited w =
+        wait_until(ctx, path, [](const Properties& q) { return number(q, "Generation") >= 1; });
+    if (ctx.json_output)
+        return report(ctx, w);
+    if (exit_code_of(w) != exit_ok)
+        std::fprintf(stderr, "p2vctl: job %s: %s%s%s\n", text(w.p, "Id").c_str(),
+                     text(w.p, "State").c_str(), text(w.p, "Error").empty() ? "" : ": ",
+                     text(w.p, "Error").c_str());
+    return exit_code_of(w);
+}
+
+// sync now|cutover|retarget|schedule|ack ID ...
+int cmd_sync_job(Context& ctx, const std::string& action, const std::vector<std::string>& args) {
+    const bool waits = action == "now" || action == "cutover";
+    std::vector<std::string> with_value, flags;
+    if (waits)
+        flags = {"--wait"};
+    else if (action == "schedule")
+        with_value = {"--every", "--cutover-at"};
+    else if (action == "ack")
+        with_value = {"--fail"};
+    const Parsed p = parse(args, with_value, flags);
+    const size_t positionals = action == "retarget" ? 2 : 1;
+    if (p.positional.size() != positionals)
+        throw Usage("sync " + action + (action == "retarget" ? " ID DEST" : " ID"));
+    const std::string path = job_path(p.positional[0]);
+    JobProxy j(*ctx.bus, path);
+    if (action == "now") {
+        // Waiting: until the generation moved past this one and the job is
+        // not syncing (a sync in progress now is followed at once by the one
+        // asked for here, the phase staying "syncing" in between).
+        const uint64_t before = number(job_properties(ctx, path), "Generation");
+        j.Sync();
+        if (!p.options.empty())
+            return report(ctx, wait_until(ctx, path, [before](const Properties& q) {
+                              return number(q, "Generation") > before &&
+                                     text(q, "Phase") != "syncing" &&
+                                     text(q, "Phase") != "checking-target";
+                          }));
+    } else if (action == "cutover") {
+        j.Cutover();
+        if (!p.options.empty())
+            return wait_for(ctx, path);
+    } else if (action == "retarget") {
+        j.Retarget(absolute(p.positional[1]));
+    } else if (action == "schedule") {
+        double every = 0;
+        int64_t cutover_at = 0;
+        for (const auto& [k, v] : p.options) {
+            if (k == "--every")
+                every = non_negative(k, v);
+            else
+                cutover_at = parse_time(k, v, true);
+        }
+        j.SetSchedule(every, cutover_at);
+    } else {
+        std::string message;
+        for (const auto& [k, v] : p.options)
+            message = v; // --fail
+        j.AckQuiesce(p.options.empty(), message);
+    }
+    const Properties props = job_properties(ctx, path);
+    if (ctx.json_output)
+        std::printf("%s\n", job_json(props).dump(2).c_str());
+    else
+        print_job_line(props);
+    return exit_ok;
+}
+
+int cmd_sync(Context& ctx, const std::vector<std::string>& args) {
+    if (args.empty())
+        throw Usage("sync start|now|cutover|retarget|schedule|ack ...");
+    const std::string action = args[0];
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    if (action == "start")
+        return cmd_sync_start(ctx, rest);
+    if (action == "now" || action == "cutover" || action == "retarget" || action == "schedule" ||
+        action == "ack")
+        return cmd_sync_job(ctx, action, rest);
+    throw Usage("sync " + action + ": expected start, now, cutover, retarget, schedule or ack");
 }
 
 int cmd_jobs(Context& ctx, const std::vector<std::string>& args) {
@@ -588,8 +906,12 @@ int cmd_job(Context& ctx, const std::vector<std::string>& args) {
         std::printf("%s\n", j.dump(2).c_str());
         return exit_ok;
     }
-    for (const auto& [k, v] : j.items())
-        std::printf("%-15s %s\n", k.c_str(), v.is_string() ? v.get<std::string>().c_str() : v.dump().c_str());
+    for (const auto& [k, v] : j.items()) {
+        const std::string value = k == "next_event_time" ? iso_time(v.get<int64_t>())
+                                  : v.is_string()        ? v.get<std::string>()
+                                                         : v.dump();
+        std::printf("%-15s %s\n", k.c_str(), value.c_str());
+    }
     return exit_ok;
 }
 
@@ -675,10 +997,9 @@ int main(int argc, char** argv) {
             else
                 command_args.push_back(a);
         }
-        static const std::vector<std::string> commands{"list", "formats", "add", "remove",
-                                                       "expose", "materialize", "jobs", "job",
-                                                       "wait", "pause", "resume", "cancel",
-                                                       "forget", "inspect", "fixups"};
+        static const std::vector<std::string> commands{
+            "list", "formats", "add",    "remove", "expose", "materialize", "jobs",   "job",
+            "wait", "pause",   "resume", "cancel", "forget", "inspect",     "fixups", "sync"};
         if (std::find(commands.begin(), commands.end(), command) == commands.end())
             throw Usage("unknown command '" + command + "'");
         try {
@@ -709,6 +1030,8 @@ int main(int argc, char** argv) {
             return cmd_inspect(ctx, command_args);
         if (command == "fixups")
             return cmd_fixups(ctx, command_args);
+        if (command == "sync")
+            return cmd_sync(ctx, command_args);
         if (command == "job")
             return cmd_job(ctx, command_args);
         if (command == "wait") {

@@ -129,10 +129,14 @@ MountInfo mount_of(const std::string& path) {
     return best;
 }
 
+} // namespace
+
 std::string describe_mount(const std::string& path) {
     const MountInfo m = mount_of(path);
     return m.point + " (" + m.type + ")";
 }
+
+namespace {
 
 // ---------------------------------------------------------------- files
 

@@ -156,6 +156,9 @@ std::string snapshot_record_text(const SnapshotRecord& record, const std::string
 SnapshotRecord parse_snapshot_record(const std::string& text, const std::string& where,
                                      const std::string& dir);
 
+// "/srv (xfs)": the mount point and file system type holding `path`, for messages.
+std::string describe_mount(const std::string& path);
+
 // "2026-11-24T21:31:36Z", or with nanoseconds "2026-11-24T21:31:36.123456789Z".
 std::string snapshot_time_text(int64_t ns, bool nanoseconds = false);
 

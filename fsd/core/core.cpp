@@ -19,33 +19,6 @@ namespace p2vfs {
 
 using json = nlohmann::json;
 
-struct Core::Job {
-    std::string id;
-    std::string kind = "materialize";
-    std::string source;
-    std::string view;
-    std::string destination;
-    std::string dir;
-    MaterializeOptions options;
-
-    std::mutex mutex; // everything below
-    std::shared_ptr<Materialization> engine; // null until started
-    JobProgress saved{};      // the state job.json holds, shown while there is no engine
-    JobState persisted = JobState::Running;
-    std::thread starter;      // prepares a computed view, then starts the engine
-    std::atomic<bool> abandon{false}; // the starter gives up (cancel, stop)
-    std::string last_reported;
-
-    JobProgress progress() {
-        std::lock_guard<std::mutex> lock(mutex);
-        return engine ? engine->progress() : saved;
-    }
-    // The engine (null before it started) and the state, with `mutex` held.
-    std::pair<std::shared_ptr<Materialization>, JobState> engine_and_state_locked() const {
-        return {engine, engine ? engine->progress().state : saved.state};
-    }
-};
-
 namespace {
 
 constexpr const char* materialize_kind = "materialize";
@@ -53,6 +26,8 @@ constexpr const char* materialize_kind = "materialize";
 std::string source_file(const std::string& state_dir, const std::string& name) {
     return state_dir + "/sources/" + name + ".json";
 }
+
+} // namespace
 
 void check_length(const std::string& what, const std::string& value, size_t limit) {
     if (value.size() > limit)
@@ -92,6 +67,8 @@ void check_absolute_path(const std::string& what, const std::string& path) {
         throw InvalidArgument(what + " '" + path + "': names a directory, not a file");
 }
 
+namespace {
+
 std::vector<ViewSpec> specs_for(const CoreOptions& o, const AddSourceOptions& a) {
     std::vector<ViewSpec> specs;
     static const std::map<std::string, std::string> none;
@@ -128,11 +105,39 @@ json progress_json(const JobProgress& p) {
             {"error", p.error}};
 }
 
+} // namespace
+
+nlohmann::json fixup_request_json(const FixupRequest& r) {
+    json j = {{"profile", r.profile},     {"memory_mib", r.memory_mib}, {"cpus", r.cpus},
+              {"firstboot", r.firstboot}, {"controller", r.controller}, {"firmware", r.firmware},
+              {"os_variant", r.os_variant}};
+    if (r.vendor_agents)
+        j["vendor_agents"] = *r.vendor_agents;
+    return j;
+}
+
+FixupRequest fixup_request_from(const nlohmann::json& fx) {
+    FixupRequest r;
+    r.profile = fx.at("profile").get<std::string>();
+    r.memory_mib = fx.value("memory_mib", 2048u);
+    r.cpus = fx.value("cpus", 2u);
+    r.firstboot = fx.value("firstboot", true);
+    r.controller = fx.value("controller", std::string());
+    r.firmware = fx.value("firmware", std::string("bios"));
+    r.os_variant = fx.value("os_variant", std::string());
+    if (fx.contains("vendor_agents"))
+        r.vendor_agents = fx.at("vendor_agents").get<std::vector<std::string>>();
+    return r;
+}
+
+namespace {
+
 std::string describe(const JobProgress& p) {
     // What observers see change: rate moves every tick, so it is left out.
     return to_string(p.state) + "|" + p.phase + "|" + std::to_string(p.bytes_done) + "|" +
            std::to_string(p.bytes_verified) + "|" + std::to_string(p.bytes_checkpointed) + "|" +
-           p.error;
+           p.error + "|" + std::to_string(p.generation) + "|" + p.next_event + "|" +
+           std::to_string(p.next_event_time) + "|" + p.target + "|" + (p.bootable ? "b" : "");
 }
 
 // The source the daemon opened must be the very file the caller opened (a
@@ -350,17 +355,8 @@ void Core::save_source(const Source& s) const {
     json j = {{"name", s.name}, {"uri", s.uri}, {"views", views}};
     if (s.formats)
         j["formats"] = *s.formats;
-    if (s.fixups) {
-        j["fixups"] = {{"profile", s.fixups->profile},
-                       {"memory_mib", s.fixups->memory_mib},
-                       {"cpus", s.fixups->cpus},
-                       {"firstboot", s.fixups->firstboot},
-                       {"controller", s.fixups->controller},
-                       {"firmware", s.fixups->firmware},
-                       {"os_variant", s.fixups->os_variant}};
-        if (s.fixups->vendor_agents)
-            j["fixups"]["vendor_agents"] = *s.fixups->vendor_agents;
-    }
+    if (s.fixups)
+        j["fixups"] = fixup_request_json(*s.fixups);
     make_directories(options_.state_dir + "/sources");
     replace_file(source_file(options_.state_dir, s.name), j.dump(2) + "\n");
 }
@@ -405,7 +401,8 @@ std::shared_ptr<Core::Source> Core::find_source(const std::string& name) const {
 
 void Core::check_no_running_job_locked(const std::string& name) const {
     for (const auto& [id, job] : jobs_) {
-        if (job->source != name)
+        // A sync job reads the source by its spec, on its own.
+        if (job->source != name || job->kind == sync_kind)
             continue;
         const JobState st = job->progress().state;
         if (st == JobState::Running || st == JobState::Paused)
@@ -580,6 +577,13 @@ void Core::save_job(Job& job) const {
                 {"owner_uid", job.options.owner_uid},
                 {"owner_gid", job.options.owner_gid}}},
               {"progress", progress_json(p)}};
+    if (job.fixups)
+        j["fixups"] = fixup_request_json(*job.fixups);
+    if (job.kind == sync_kind) {
+        j["source_uri"] = job.source_uri;
+        j["sync_options"] = to_json(job.sync_options);
+        j["source_size"] = job.source_size;
+    }
     replace_file(job.dir + "/job.json", j.dump(2) + "\n");
     std::lock_guard<std::mutex> lock(job.mutex);
     job.persisted = p.state;
@@ -648,6 +652,11 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
         job->options.owner_uid = caller.uid;
         job->options.owner_gid = caller.gid;
     }
+    add_job(job, "materialize " + view + " of '" + source_name + "' to " + destination);
+    return job->id;
+}
+
+void Core::add_job(const std::shared_ptr<Job>& job, const std::string& description) {
     job->dir = options_.state_dir + "/jobs/" + job->id;
     make_directories(options_.state_dir + "/jobs");
     if (::mkdir(job->dir.c_str(), 0700) != 0)
@@ -662,16 +671,19 @@ std::string Core::materialize(const Caller& caller, const std::string& source_na
         jobs_[job->id] = job;
         observer = observer_;
     }
-    spdlog::info("job {}: materialize {} of '{}' to {}", job->id, view, source_name, destination);
+    spdlog::info("job {}: {}", job->id, description);
     start_job(job);
     if (observer)
         observer->job_added(job->id);
-    return job->id;
 }
 
 // The device a job copies: the view file as the mount shows it now (a live
 // file's current version), prepared first if its bytes are computed.
 void Core::start_job(const std::shared_ptr<Job>& job) {
+    if (job->kind == sync_kind) {
+        start_sync_engine(job);
+        return;
+    }
     MountedFile file;
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -771,7 +783,7 @@ JobInfo Core::job(const std::string& id) const {
 void Core::pause_job(const Caller& caller, const std::string& id) {
     check_control(caller, "pause jobs");
     const auto j = find_job(id);
-    std::shared_ptr<Materialization> engine;
+    std::shared_ptr<JobEngine> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
         JobState st;
@@ -788,7 +800,7 @@ void Core::pause_job(const Caller& caller, const std::string& id) {
 void Core::resume_job(const Caller& caller, const std::string& id) {
     check_control(caller, "resume jobs");
     const auto j = find_job(id);
-    std::shared_ptr<Materialization> engine;
+    std::shared_ptr<JobEngine> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
         JobState st;
@@ -807,7 +819,7 @@ void Core::resume_job(const Caller& caller, const std::string& id) {
 void Core::cancel_job(const Caller& caller, const std::string& id) {
     check_control(caller, "cancel jobs");
     const auto j = find_job(id);
-    std::shared_ptr<Materialization> engine;
+    std::shared_ptr<JobEngine> engine;
     {
         std::lock_guard<std::mutex> lock(j->mutex);
         JobState st;
@@ -824,6 +836,8 @@ void Core::cancel_job(const Caller& caller, const std::string& id) {
         std::lock_guard<std::mutex> lock(j->mutex);
         if (j->engine) {
             j->engine->cancel();
+        } else if (j->kind == sync_kind) {
+            sync_engine_locked(*j)->cancel();
         } else {
             // Never started in this run: remove what a previous run left.
             if (!is_nbd_uri(j->destination))
@@ -888,20 +902,8 @@ void Core::restore() {
             for (const json& v : j.at("views"))
                 o.views.push_back({v.at("format").get<std::string>(), v.at("file").get<std::string>(),
                                    v.at("options").get<std::map<std::string, std::string>>()});
-            if (j.contains("fixups")) {
-                const json& fx = j.at("fixups");
-                FixupRequest r;
-                r.profile = fx.at("profile").get<std::string>();
-                r.memory_mib = fx.value("memory_mib", 2048u);
-                r.cpus = fx.value("cpus", 2u);
-                r.firstboot = fx.value("firstboot", true);
-                r.controller = fx.value("controller", std::string());
-                r.firmware = fx.value("firmware", std::string("bios"));
-                r.os_variant = fx.value("os_variant", std::string());
-                if (fx.contains("vendor_agents"))
-                    r.vendor_agents = fx.at("vendor_agents").get<std::vector<std::string>>();
-                o.fixups = r;
-            }
+            if (j.contains("fixups"))
+                o.fixups = fixup_request_from(j.at("fixups"));
             open_and_mount(name, j.at("uri").get<std::string>(), o, true);
         } catch (const std::exception& e) {
             spdlog::error("{}: cannot restore the source: {} (the record is kept)", path,
@@ -940,8 +942,15 @@ void Core::restore_job(const std::string& dir) {
         if (dir != options_.state_dir + "/jobs/" + job->id)
             throw InvalidArgument("its id " + job->id + " is not its directory's name");
         job->kind = j.at("kind").get<std::string>();
-        if (job->kind != materialize_kind)
+        if (job->kind != materialize_kind && job->kind != sync_kind)
             throw InvalidArgument("unknown kind '" + job->kind + "'");
+        job->source_uri = j.value("source_uri", std::string());
+        if (j.contains("fixups"))
+            job->fixups = fixup_request_from(j.at("fixups"));
+        if (job->kind == sync_kind) {
+            job->sync_options = sync_options_from_json(j.at("sync_options"));
+            job->source_size = j.at("source_size").get<uint64_t>();
+        }
         job->source = j.at("source").get<std::string>();
         job->view = j.at("view").get<std::string>();
         job->destination = j.at("destination").get<std::string>();

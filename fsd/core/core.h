@@ -23,6 +23,7 @@
 #include "core/access.h"
 #include "fuse/fuse_frontend.h"
 #include "jobs/materialize.h"
+#include "jobs/sync.h"
 
 #include <condition_variable>
 #include <map>
@@ -137,9 +138,9 @@ struct FixupResult {
 
 struct JobInfo {
     std::string id;
-    std::string kind; // "materialize"
+    std::string kind; // "materialize", "sync"
     std::string source;
-    std::string view;
+    std::string view; // the view copied; a sync job: its target's format
     std::string destination;
     JobProgress progress;
 };
@@ -153,6 +154,9 @@ public:
     virtual void job_added(const std::string& /*id*/) {}
     virtual void job_changed(const std::string& /*id*/) {}
     virtual void job_removed(const std::string& /*id*/) {}
+    // A sync job asks the source-side tool to quiesce the source (true) or
+    // let it run again (false); the answer is Core::quiesce_ack().
+    virtual void job_quiesce(const std::string& /*id*/, bool /*quiesce*/) {}
 };
 
 // Limits on what callers may pass: names, paths and option lists.
@@ -222,6 +226,27 @@ public:
     // the files the fixups added.
     void discard_fixups(const Caller& caller, const std::string& source);
 
+    // Starts a sync job (fsd/jobs/sync.h): source `source` kept in step
+    // with the image file `destination` (written as DEST.part until the
+    // cutover) in options.format. `fixups`: the target profile applied at
+    // cutover (none: the target is the source's bytes). Returns the job's id.
+    // InvalidArgument for bad options, Busy when another job writes there.
+    std::string start_sync(const Caller& caller, const std::string& source,
+                           const std::string& destination, const SyncOptions& options,
+                           const std::optional<FixupRequest>& fixups);
+    // Sync jobs only (InvalidArgument for another kind): a sync now, the
+    // cutover, a moved target (paused jobs), the schedule, and the answer of
+    // a source-side tool to job_quiesce(). InvalidState as SyncJob says.
+    void sync_now(const Caller& caller, const std::string& id);
+    void cutover(const Caller& caller, const std::string& id);
+    void retarget(const Caller& caller, const std::string& id, const std::string& destination);
+    void set_schedule(const Caller& caller, const std::string& id, double interval_minutes,
+                      int64_t cutover_at);
+    void quiesce_ack(const Caller& caller, const std::string& id, bool ok,
+                     const std::string& message);
+    // The fixups plan a sync job applied at cutover (JSON), "" before.
+    std::string job_fixups_plan(const std::string& id) const;
+
     std::vector<JobInfo> jobs() const;
     JobInfo job(const std::string& id) const; // NotFound
     void pause_job(const Caller& caller, const std::string& id);
@@ -248,8 +273,15 @@ private:
     void show_fixup_files(Source& s, bool add_to_mount);
     void ensure_writable_overlay(Source& s);
     std::shared_ptr<Job> find_job(const std::string& id) const;
+    // core_sync.cpp
+    void start_sync_engine(const std::shared_ptr<Job>& job);
+    std::shared_ptr<SyncJob> sync_engine_locked(Job& job); // job.mutex held; made if missing
+    std::shared_ptr<SyncJob> sync_job_of(const std::string& id);
+    std::function<std::string(const DevicePtr&)> fixups_hook(const FixupRequest& request) const;
     void save_job(Job& job) const;
     void start_job(const std::shared_ptr<Job>& job);
+    // Makes the job's directory and record, lists it, starts it, tells the observer.
+    void add_job(const std::shared_ptr<Job>& job, const std::string& description);
     void monitor();
     void restore_job(const std::string& dir);
 

@@ -305,3 +305,25 @@ void Core::discard_fixups(const Caller& caller, const std::string& name) {
 }
 
 } // namespace p2vfs
+
+namespace p2vfs {
+
+std::function<std::string(const DevicePtr&)> Core::fixups_hook(const FixupRequest& request) const {
+    check_request(request);
+    return [request](const DevicePtr& disk) {
+        const guest::Inventory inv = guest::inspect(disk);
+        const guest::FixupPlan plan = guest::plan_fixups(disk, inv, fixup_options(request));
+        if (!plan.refusals.empty())
+            throw InvalidState("fixups for " + request.profile + " refused: " +
+                               plan.refusals.front());
+        guest::apply_fixups(disk, inv, plan);
+        size_t edits = 0;
+        for (const auto& step : plan.steps)
+            edits += step.edits.size();
+        spdlog::info("fixups for {} applied to the target ({} file edit(s), disk controller {})",
+                     request.profile, edits, plan.controller);
+        return guest::to_json(plan).dump(2) + "\n";
+    };
+}
+
+} // namespace p2vfs

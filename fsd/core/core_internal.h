@@ -1,10 +1,14 @@
-// What the core keeps of a source; shared by core.cpp and core_guest.cpp.
+// What the core keeps of a source and a job; shared by core.cpp,
+// core_guest.cpp and core_sync.cpp.
 #pragma once
 
 #include "core/core.h"
 #include "core/text_file.h"
 #include "overlay/overlay.h"
 
+#include <nlohmann/json.hpp>
+
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -12,6 +16,49 @@
 #include <vector>
 
 namespace p2vfs {
+
+inline constexpr const char* sync_kind = "sync";
+
+// Checks of what callers pass (core.cpp): InvalidArgument naming `what`.
+void check_length(const std::string& what, const std::string& value, size_t limit);
+void check_text(const std::string& what, const std::string& value); // no control characters
+void check_absolute_path(const std::string& what, const std::string& path); // no . or ..
+
+nlohmann::json fixup_request_json(const FixupRequest& r);
+FixupRequest fixup_request_from(const nlohmann::json& j);
+
+struct Core::Job {
+    std::string id;
+    std::string kind = "materialize";
+    std::string source;
+    std::string view;        // sync: the target's format
+    std::string destination;
+    std::string dir;
+    MaterializeOptions options;
+    // Sync jobs: the source's spec as added, and the fixups of the cutover.
+    std::string source_uri;
+    SyncOptions sync_options;
+    uint64_t source_size = 0;
+    std::optional<FixupRequest> fixups;
+
+    std::mutex mutex; // everything below
+    std::shared_ptr<JobEngine> engine; // null until started (sync: until first needed)
+    JobProgress saved{};      // the state job.json holds, shown while there is no engine
+    JobState persisted = JobState::Running;
+    std::thread starter;      // prepares a computed view, then starts the engine
+    std::atomic<bool> abandon{false}; // the starter gives up (cancel, stop)
+    std::string last_reported;
+
+    JobProgress progress() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return engine ? engine->progress() : saved;
+    }
+    // The engine (null before it started) and the state, with `mutex` held.
+    std::pair<std::shared_ptr<JobEngine>, JobState> engine_and_state_locked() const {
+        return {engine, engine ? engine->progress().state : saved.state};
+    }
+};
+
 
 struct Core::Source {
     std::string name;

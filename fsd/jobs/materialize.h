@@ -51,6 +51,7 @@
 #pragma once
 
 #include "block/block_device.h"
+#include "jobs/job_engine.h"
 
 #include <cstdint>
 #include <functional>
@@ -78,36 +79,7 @@ struct MaterializeOptions {
     int64_t owner_gid = -1;
 };
 
-// Running: working, or about to (pause and stop requests are honoured at
-// block boundaries). Paused: no thread runs; also the state of a job made
-// but not started. Done, Failed, Cancelled: the run has ended; Failed can be
-// resumed (retried from the checkpoint).
-enum class JobState { Running, Paused, Done, Failed, Cancelled };
-
-// "running", "paused", "done", "failed", "cancelled".
-std::string to_string(JobState state);
-// The inverse of to_string(); nullopt for any other text.
-std::optional<JobState> job_state_from_string(std::string_view text);
-
-// A consistent snapshot of a job (see Materialization::progress()).
-struct JobProgress {
-    JobState state = JobState::Paused;
-    std::string phase;               // "copying", "syncing", "verifying"; "" when not running
-    uint64_t bytes_total = 0;        // the view's size
-    uint64_t bytes_done = 0;         // bytes of the view finished (copied or resumed)
-    uint64_t bytes_copied = 0;       // bytes of the view handled by this process: read, or known
-                                     // zero from its extents (not counting resumed ones)
-    uint64_t bytes_resumed = 0;      // bytes found done in the checkpoint at start
-    uint64_t bytes_written = 0;      // data bytes written to the destination by this process
-                                     // (holes and zeros not counted)
-    uint64_t bytes_checkpointed = 0; // bytes_done as of the last durable checkpoint
-    uint64_t bytes_verified = 0;     // bytes read back and matched in the current verify pass
-    double rate = 0;                 // bytes/s of the current phase over the last 5 seconds
-    double eta_seconds = -1;         // until the current phase ends at that rate; -1 unknown
-    std::string error;               // Failed: the reason, naming what and where
-};
-
-class Materialization {
+class Materialization : public JobEngine {
 public:
     // `job_dir`: this job's own directory (made if missing), where the
     // checkpoint lives. `view`: what is copied. `destination`: a file name
@@ -117,7 +89,7 @@ public:
     Materialization(std::string job_dir, DevicePtr view, std::string destination,
                     MaterializeOptions options);
     // Stops like stop().
-    ~Materialization();
+    ~Materialization() override;
     Materialization(const Materialization&) = delete;
     Materialization& operator=(const Materialization&) = delete;
 
@@ -126,41 +98,41 @@ public:
     // job). Returns at once; the work runs on its own threads. Failures,
     // including a DEST that already exists, end in state Failed with an
     // error. A second call does nothing.
-    void start();
+    void start() override;
 
     // Asks the workers to stop after their current block and returns at
     // once; when they have, a checkpoint is written and the state becomes
     // Paused (on_change tells). Does nothing unless Running.
-    void request_pause();
+    void request_pause() override;
 
     // request_pause(), then waits until the job is no longer Running: Paused,
     // or Done/Failed if it ended first.
-    void pause();
+    void pause() override;
 
     // Paused or Failed -> Running: a new run from what is done (a retry
     // after a failure: from the last checkpoint). On a job never started,
     // the same as start().
-    void resume();
+    void resume() override;
 
     // Stops the workers (a block being read or written is finished, no
     // other is taken, no checkpoint is written), then removes DEST.part (not
     // for NBD: the export keeps what was written) and the checkpoint; state
     // Cancelled. Also for a job never started here (one restored from its
     // job_dir). A Done job stays Done, its DEST untouched.
-    void cancel();
+    void cancel() override;
 
     // For daemon shutdown: stops the workers after their current block,
     // writes a checkpoint and joins every thread. The state is left as it
     // was (no state change is reported), so a new Materialization over the
     // same job_dir resumes. Afterwards only progress() answers; the control
     // methods do nothing.
-    void stop();
+    void stop() override;
 
     // Returns when the job is Done, Failed or Cancelled (and on_change has
     // been called for that state), or has been stopped.
-    void wait();
+    void wait() override;
 
-    JobProgress progress() const;
+    JobProgress progress() const override;
 
     // `callback` is called whenever progress moves (at most about 4 times a
     // second) and on every state and phase change, from worker, controller
@@ -169,7 +141,7 @@ public:
     // wait (pause, cancel, stop, wait), which would wait for its own thread;
     // nor may a caller of those hold a lock the callback takes. Exceptions
     // it throws are logged and dropped. Replaces any earlier one.
-    void on_change(std::function<void()> callback);
+    void on_change(std::function<void()> callback) override;
 
 private:
     struct State;

@@ -108,6 +108,101 @@ expect_error 1 $E.InvalidArgument "option 'cpus' must be of D-Bus type u, not s"
 expect_error 1 $E.InvalidArgument "unknown option 'kernel'" raw_fixups kvm '{"kernel": "x"}'
 expect_error 1 $E.InvalidArgument "option 'vendor-agents' must be of D-Bus type as" raw_fixups kvm '{"vendor-agents": "a"}'
 expect_error 1 $E.InvalidArgument "unknown target profile" raw_fixups "$(printf 'x%.0s' {1..5000})" '{}'
+# Sync jobs: options of the wrong type, unknown or out of range, a relative
+# destination, and the job methods on a job of another kind.
+# raw_call PATH METHOD ARGS-PYTHON [WORD]: a call with python3-dbus (the
+# types from the introspection, or as ARGS gives them; ARGS may use WORD).
+raw_call() {
+    /usr/bin/python3 - "$BUS_ADDRESS" "$1" "$2" "$3" "${4:-}" <<'PY'
+import sys, dbus
+bus = dbus.bus.BusConnection(sys.argv[1])
+path = sys.argv[2]
+interface = "org.p2vfs1.Source" if "/sources/" in path else "org.p2vfs1.Job"
+obj = dbus.Interface(bus.get_object("org.p2vfs1", path), interface)
+word = sys.argv[5]
+try:
+    getattr(obj, sys.argv[3])(*eval(sys.argv[4]))
+except dbus.exceptions.DBusException as e:
+    print(f"{e.get_dbus_message()} ({e.get_dbus_name()})", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+# raw_sync DEST OPTIONS-PYTHON: StartSync of pc1 to DEST in qcow2.
+raw_sync() {
+    raw_call /org/p2vfs1/sources/pc1 StartSync "(word, 'qcow2', dbus.Dictionary($2, signature='sv'))" "$1"
+}
+expect_error 1 $E.InvalidArgument "option 'parallel' must be of D-Bus type u, not s" \
+    raw_sync "$T/s.qcow2" '{"parallel": "four"}'
+expect_error 1 $E.InvalidArgument "option 'interval-minutes' must be of D-Bus type d, not u" \
+    raw_sync "$T/s.qcow2" '{"interval-minutes": dbus.UInt32(5)}'
+expect_error 1 $E.InvalidArgument "option 'cutover-at' must be of D-Bus type x, not s" \
+    raw_sync "$T/s.qcow2" '{"cutover-at": "tomorrow"}'
+expect_error 1 $E.InvalidArgument "option 'quiesce-signal' must be of D-Bus type b, not i" \
+    raw_sync "$T/s.qcow2" '{"quiesce-signal": 1}'
+expect_error 1 $E.InvalidArgument "option 'block-size' must be of D-Bus type t, not d" \
+    raw_sync "$T/s.qcow2" '{"block-size": 1.5}'
+expect_error 1 $E.InvalidArgument "option 'vendor-agents' must be of D-Bus type as" \
+    raw_sync "$T/s.qcow2" '{"profile": "kvm", "vendor-agents": "hp-health"}'
+expect_error 1 $E.InvalidArgument "unknown option 'speed'" raw_sync "$T/s.qcow2" '{"speed": dbus.UInt64(5)}'
+expect_error 1 $E.InvalidArgument "option 'detection' must be auto, hash, dirty-bitmap or reflink, not 'magic'" \
+    raw_sync "$T/s.qcow2" '{"detection": "magic"}'
+expect_error 1 $E.InvalidArgument "option 'interval-minutes' must be from 0 to 525600 minutes" \
+    raw_sync "$T/s.qcow2" '{"interval-minutes": -1.0}'
+expect_error 1 $E.InvalidArgument "option 'interval-minutes' must be from 0 to 525600 minutes" \
+    raw_sync "$T/s.qcow2" '{"interval-minutes": float("nan")}'
+expect_error 1 $E.InvalidArgument "option 'interval-minutes' must be from 0 to 525600 minutes" \
+    raw_sync "$T/s.qcow2" '{"interval-minutes": 1e300}'
+expect_error 1 $E.InvalidArgument "option 'cutover-at' must be Unix seconds from 0 (none)" \
+    raw_sync "$T/s.qcow2" '{"cutover-at": dbus.Int64(-5)}'
+expect_error 1 $E.InvalidArgument "option 'cutover-at' must be Unix seconds from 0 (none)" \
+    raw_sync "$T/s.qcow2" '{"cutover-at": dbus.Int64(2**62)}'
+expect_error 1 $E.InvalidArgument "option 'quiesce-timeout' must be over 0 and at most 86400 seconds" \
+    raw_sync "$T/s.qcow2" '{"quiesce-timeout": float("inf")}'
+expect_error 1 $E.InvalidArgument "option 'parallel' must be from 1 to 16, not 1000" \
+    raw_sync "$T/s.qcow2" '{"parallel": dbus.UInt32(1000)}'
+expect_error 1 $E.InvalidArgument "option 'quiesce-command' is 70000 bytes long; the limit is 4096" \
+    raw_sync "$T/s.qcow2" '{"quiesce-command": "x" * 70000}'
+expect_error 1 $E.InvalidArgument "option 'reflink-dir' 'copies': must be an absolute path" \
+    raw_sync "$T/s.qcow2" '{"detection": "reflink", "reflink-dir": "copies"}'
+expect_error 1 $E.InvalidArgument "option 'cpus' needs option 'profile'" \
+    raw_sync "$T/s.qcow2" '{"cpus": dbus.UInt32(4)}'
+expect_error 1 $E.InvalidArgument "option 'profile' is 5000 bytes long; the limit is 4096" \
+    raw_sync "$T/s.qcow2" '{"profile": "x" * 5000}'
+expect_error 1 $E.InvalidArgument "unknown target profile 'xen'" raw_sync "$T/s.qcow2" '{"profile": "xen"}'
+expect_error 1 $E.InvalidArgument "must be an absolute path" raw_sync s.qcow2 '{}'
+expect_error 1 $E.InvalidArgument "destination is 70001 bytes long; the limit is 4096" \
+    raw_sync "/$(head -c 70000 /dev/zero | tr '\0' a)" '{}'
+expect_error 1 $E.InvalidArgument "option 'detection' must be auto, hash, dirty-bitmap or reflink" \
+    ctl sync start pc1 "$T/s.qcow2" --detection magic
+[[ ! -e $T/s.qcow2 && ! -e $T/s.qcow2.part ]] || fail "a refused StartSync left a file"
+# p2vctl refuses what it cannot send.
+for bad in "--every -5" "--every soon" "--cutover-at yesterday" "--cutover-at 2026-02-30T10:00:00Z" \
+    "--parallel 17" "--memory 4096"; do
+    # shellcheck disable=SC2086 # one option and its value
+    run_rc ctl sync start pc1 "$T/s.qcow2" $bad
+    assert_eq 2 "$RC" "p2vctl sync start $bad"
+done
+run_rc ctl sync schedule 1 --cutover-at 12:00
+assert_eq 2 "$RC" "p2vctl sync schedule --cutover-at 12:00"
+# The sync job methods on a materialization: InvalidArgument, nothing changed.
+mid=$(ctl --json materialize pc1 disk.raw "$T/m.raw" --wait |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+expect_error 1 $E.InvalidArgument "job $mid is a materialize job, not a sync job" ctl sync now "$mid"
+expect_error 1 $E.InvalidArgument "job $mid is a materialize job, not a sync job" ctl sync cutover "$mid"
+expect_error 1 $E.InvalidArgument "job $mid is a materialize job, not a sync job" ctl sync retarget "$mid" "$T/elsewhere.raw"
+expect_error 1 $E.InvalidArgument "job $mid is a materialize job, not a sync job" ctl sync schedule "$mid" --every 5
+expect_error 1 $E.InvalidArgument "job $mid is a materialize job, not a sync job" ctl sync ack "$mid"
+expect_error 1 $E.InvalidArgument "must be an absolute path" raw_call "/org/p2vfs1/jobs/$mid" Retarget '("m.raw",)'
+expect_error 1 $E.InvalidArgument "interval_minutes must be from 0 to 525600 minutes" \
+    raw_call "/org/p2vfs1/jobs/$mid" SetSchedule '(dbus.Double(-1), dbus.Int64(0))'
+expect_error 1 $E.InvalidArgument "cutover_at must be Unix seconds from 0 (none)" \
+    raw_call "/org/p2vfs1/jobs/$mid" SetSchedule '(dbus.Double(0), dbus.Int64(-1))'
+expect_error 1 $E.InvalidArgument "message is 70000 bytes long; the limit is 4096" \
+    raw_call "/org/p2vfs1/jobs/$mid" AckQuiesce '(False, "x" * 70000)'
+assert_eq "done" "$(job_field "$mid" state)" "the materialization after sync calls"
+assert_eq "$T/m.raw" "$(job_field "$mid" destination)" "its destination after sync calls"
+[[ -e $T/m.raw && ! -e $T/elsewhere.raw ]] || fail "a refused Retarget moved the copy"
+
 # A disk without an OS: the plan says why it cannot be applied.
 run_rc ctl fixups plan pc1
 assert_eq 1 "$RC" "plan for a disk without an OS"
@@ -119,6 +214,12 @@ expect_error 1 $E.InvalidState "fixups for kvm refused: no Linux system was foun
 expect_error 4 $E.AccessDenied "may not add sources" ctl_as daemon add pc3 "$src"
 expect_error 4 $E.AccessDenied "may not remove sources" ctl_as daemon remove pc1
 expect_error 4 $E.AccessDenied "may not start jobs" ctl_as daemon materialize pc1 disk.raw /tmp/x.raw
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync start pc1 /tmp/x.qcow2
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync now "$mid"
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync cutover "$mid"
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync retarget "$mid" /tmp/x.raw
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync schedule "$mid" --every 5
+expect_error 4 $E.AccessDenied "may not" ctl_as daemon sync ack "$mid" --fail no
 ctl_as daemon list >"$T/list.out" || fail "an unprivileged caller cannot list"
 # Guest inspection: reading it is for everyone (it is info.json), asking for
 # a new one and fixups are not.
@@ -147,7 +248,18 @@ expect_error 4 $E.AccessDenied "images read through qemu-nbd and snapshots are f
 mkdir -m 700 "$T/rootonly"
 expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
     ctl_as nobody materialize pc1 disk.raw "$T/rootonly/x.raw"
+expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
+    ctl_as nobody sync start pc1 "$T/rootonly/x.qcow2"
+[[ ! -e $T/rootonly/x.qcow2.part ]] || fail "a refused StartSync left $T/rootonly/x.qcow2.part"
 mkdir -m 777 "$T/shared"
+# The daemon runs quiesce commands and makes reflink copies as root: a
+# member of the group may not have it do what it could not do itself.
+expect_error 4 $E.AccessDenied "may not give quiesce commands" \
+    ctl_as nobody sync start pc1 "$T/shared/q.qcow2" --quiesce-command "id >$T/rootonly/owned"
+expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
+    ctl_as nobody sync start pc1 "$T/shared/r.qcow2" --detection reflink --reflink-dir "$T/rootonly"
+left=$(find "$T/shared" "$T/rootonly" -mindepth 1)
+[[ -z $left ]] || fail "a refused StartSync left files: $left"
 ctl_as nobody add pub "$src" >/dev/null || fail "nobody cannot add a file it can read"
 run_rc ctl_as nobody materialize pub disk.raw "$T/shared/pub.raw" --wait
 assert_eq 0 "$RC" "nobody materializes into a directory it may write ($(cat "$T/run.err"))"

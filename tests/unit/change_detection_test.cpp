@@ -4,7 +4,9 @@
 // expected ranges come from what the tests wrote, rounded to the
 // granularity each one has (a qcow2 bitmap's 64 KiB, xfs's 4 KiB block).
 #include "common/error.h"
+#include "block/local_source.h"
 #include "jobs/reflink_generations.h"
+#include "jobs/sync.h"
 #include "nbd-bridge/dirty_bitmap.h"
 
 #include <chrono>
@@ -528,6 +530,63 @@ TEST_F(ReflinkOnXfsTest, ACopyOnAnotherFileSystemIsRefusedNamingBoth) {
     }
     EXPECT_FALSE(exists(copy));
     EXPECT_FALSE(exists(copy + ".tmp"));
+}
+
+} // namespace
+} // namespace p2vfs
+
+namespace p2vfs {
+namespace {
+
+// A sync job with reflink detection (fsd/jobs/sync.h) over an origin on xfs:
+// each sync reads only the blocks whose extents moved since the last copy.
+TEST_F(ReflinkOnXfsTest, ASyncJobReadsOnlyTheBlocksTheCopiesSayChanged) {
+    constexpr uint64_t size = 8 * MiB, block = 64 * KiB;
+    write_at(origin_, 0, random_bytes(size, 7));
+    SyncHooks hooks;
+    const std::string origin = origin_;
+    hooks.open_source = [origin] { return std::make_shared<LocalSource>(origin); };
+    hooks.source_spec = origin_;
+    hooks.source_size = size;
+    SyncOptions o;
+    o.format = "raw";
+    o.block_size = block;
+    o.detection = "reflink";
+    o.checkpoint_seconds = 0.05;
+    const std::string target = dir_ + "/target.img";
+    SyncJob job(dir_ + "/job", target, hooks, o);
+    auto wait_for = [&](uint64_t generation) {
+        for (int i = 0; i < 3000; ++i) {
+            const JobProgress p = job.progress();
+            if (p.state == JobState::Failed)
+                ADD_FAILURE() << p.error;
+            if (p.state != JobState::Running || (p.generation >= generation && p.phase == "waiting"))
+                return p;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        ADD_FAILURE() << "no generation " << generation;
+        return job.progress();
+    };
+    job.start();
+    JobProgress p = wait_for(1);
+    EXPECT_EQ(p.detection, "reflink");
+    RUN_OK("cmp " + origin_ + " " + target + ".part");
+    const std::string copy1 = mnt_ + "/.origin.p2vfs-sync-job.1";
+    EXPECT_TRUE(exists(copy1));
+
+    dd_write(100 * KiB, 4 * KiB);            // block 1
+    dd_write(3 * MiB + 60 * KiB, 8 * KiB);   // blocks 48 and 49
+    job.request_sync();
+    p = wait_for(2);
+    EXPECT_EQ(p.generation, 2u);
+    EXPECT_EQ(p.read_bytes, 3 * block);
+    EXPECT_EQ(p.changed_bytes, 3 * block);
+    RUN_OK("cmp " + origin_ + " " + target + ".part");
+    EXPECT_FALSE(exists(copy1)); // the older generation's copy is gone
+    EXPECT_TRUE(exists(mnt_ + "/.origin.p2vfs-sync-job.2"));
+    job.cancel();
+    EXPECT_FALSE(exists(mnt_ + "/.origin.p2vfs-sync-job.2"));
+    EXPECT_FALSE(exists(target + ".part"));
 }
 
 } // namespace

@@ -277,7 +277,10 @@ private:
     void start_sync_engine(const std::shared_ptr<Job>& job);
     std::shared_ptr<SyncJob> sync_engine_locked(Job& job); // job.mutex held; made if missing
     std::shared_ptr<SyncJob> sync_job_of(const std::string& id);
-    std::function<std::string(const DevicePtr&)> fixups_hook(const FixupRequest& request) const;
+    // The cutover's fixups (SyncHooks::fixups) for `request`, describing the
+    // machine as `vm_name`. Checks the request first (InvalidArgument).
+    std::function<SyncFixups(const DevicePtr&, const std::string&, const std::string&)>
+    fixups_hook(const FixupRequest& request, const std::string& vm_name) const;
     void save_job(Job& job) const;
     void start_job(const std::shared_ptr<Job>& job);
     // Makes the job's directory and record, lists it, starts it, tells the observer.

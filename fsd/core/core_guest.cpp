@@ -9,6 +9,7 @@
 #include "guest/inspect.h"
 #include "guest/profiles.h"
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -50,6 +51,34 @@ void check_request(const FixupRequest& r) {
                                           "': use A-Z a-z 0-9 - _ . @ (a service's name)");
         }
     }
+}
+
+// The machine a fixed-up disk goes in, described for its profile's
+// hypervisor: the disk named `disk_file` beside the description (VMware,
+// Hyper-V) or by its absolute path `disk_path` (libvirt). Throws
+// InvalidArgument for what the hypervisor cannot take.
+std::string describe_vm(const FixupRequest& r, const std::string& name, const std::string& format,
+                        uint64_t size, const std::string& disk_file, const std::string& disk_path) {
+    guest::VmDescription vm;
+    vm.name = name;
+    vm.os = "linux";
+    vm.os_variant = r.os_variant;
+    vm.firmware = r.firmware.empty() ? "bios" : r.firmware;
+    vm.memory_mib = r.memory_mib;
+    vm.cpus = r.cpus;
+    vm.controller = r.controller;
+    vm.disk_format = format;
+    vm.disk_size = size;
+    if (r.profile == "vmware") {
+        vm.disk_path = disk_file; // beside the .vmx, as VMware resolves it
+        return guest::vmware_vmx(vm);
+    }
+    if (r.profile == "hyperv") {
+        vm.disk_path = disk_file;
+        return guest::hyperv_summary(vm);
+    }
+    vm.disk_path = disk_path;
+    return guest::libvirt_domain_xml(vm);
 }
 
 // The profile's disk view: its file name and the view's options.
@@ -98,27 +127,8 @@ std::vector<MountedFile> Core::guest_files(Source& s) {
                      r.profile, e.what());
         return files;
     }
-    guest::VmDescription vm;
-    vm.name = s.name;
-    vm.os = "linux";
-    vm.os_variant = r.os_variant;
-    vm.firmware = r.firmware.empty() ? "bios" : r.firmware;
-    vm.memory_mib = r.memory_mib;
-    vm.cpus = r.cpus;
-    vm.controller = r.controller;
-    vm.disk_format = tv.format;
-    vm.disk_size = s.disk->size();
-    std::string text;
-    if (r.profile == "vmware") {
-        vm.disk_path = tv.file; // beside the .vmx, as VMware resolves it
-        text = guest::vmware_vmx(vm);
-    } else if (r.profile == "hyperv") {
-        vm.disk_path = tv.file;
-        text = guest::hyperv_summary(vm);
-    } else {
-        vm.disk_path = options_.mount_point + "/" + s.name + "/" + tv.file;
-        text = guest::libvirt_domain_xml(vm);
-    }
+    const std::string text = describe_vm(r, s.name, tv.format, s.disk->size(), tv.file,
+                                         options_.mount_point + "/" + s.name + "/" + tv.file);
     auto description = std::make_shared<TextFile>(s.name + "/" + tv.description_file, text);
     MountedFile d = description->file();
     d.name = tv.description_file;
@@ -308,9 +318,11 @@ void Core::discard_fixups(const Caller& caller, const std::string& name) {
 
 namespace p2vfs {
 
-std::function<std::string(const DevicePtr&)> Core::fixups_hook(const FixupRequest& request) const {
+std::function<SyncFixups(const DevicePtr&, const std::string&, const std::string&)>
+Core::fixups_hook(const FixupRequest& request, const std::string& vm_name) const {
     check_request(request);
-    return [request](const DevicePtr& disk) {
+    return [request, vm_name](const DevicePtr& disk, const std::string& destination,
+                              const std::string& format) {
         const guest::Inventory inv = guest::inspect(disk);
         const guest::FixupPlan plan = guest::plan_fixups(disk, inv, fixup_options(request));
         if (!plan.refusals.empty())
@@ -322,7 +334,26 @@ std::function<std::string(const DevicePtr&)> Core::fixups_hook(const FixupReques
             edits += step.edits.size();
         spdlog::info("fixups for {} applied to the target ({} file edit(s), disk controller {})",
                      request.profile, edits, plan.controller);
-        return guest::to_json(plan).dump(2) + "\n";
+        SyncFixups out;
+        out.plan = guest::to_json(plan).dump(2) + "\n";
+        // The machine around the target, beside it.
+        FixupRequest applied = request;
+        applied.controller = plan.controller;
+        applied.firmware = plan.firmware == "uefi" ? "uefi" : "bios";
+        applied.os_variant = plan.os_variant;
+        try {
+            out.description = describe_vm(applied, vm_name, format, disk->size(),
+                                          std::filesystem::path(destination).filename().string(),
+                                          destination);
+            out.suffix = request.profile == "vmware"   ? ".vmx"
+                         : request.profile == "hyperv" ? ".hyperv.txt"
+                                                       : ".xml";
+        } catch (const InvalidArgument& e) {
+            spdlog::warn("no {} description beside {}: {}", request.profile, destination,
+                         e.what());
+            out.description.clear();
+        }
+        return out;
     };
 }
 

@@ -45,7 +45,7 @@ std::string Core::start_sync(const Caller& caller, const std::string& source_nam
     SyncOptions o = options;
     check_sync_options(o);
     if (fixups)
-        (void)fixups_hook(*fixups); // checks the request
+        (void)fixups_hook(*fixups, source_name); // checks the request
     check_can_create(caller, destination);
     struct stat st{};
     if (::lstat(destination.c_str(), &st) == 0)
@@ -118,7 +118,7 @@ std::shared_ptr<SyncJob> Core::sync_engine_locked(Job& job) {
         hooks.source_spec = spec;
         hooks.source_size = job.source_size;
         if (job.fixups)
-            hooks.fixups = fixups_hook(*job.fixups);
+            hooks.fixups = fixups_hook(*job.fixups, job.source);
         const std::string id = job.id;
         hooks.signal_quiesce = [this, id](bool quiesce) {
             CoreObserver* observer;

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <thread>
+#include <sys/un.h>
 #include <unistd.h>
 #include <vector>
 
@@ -217,14 +218,25 @@ std::string nbd_error_text() {
 // fill and stall it), which its error messages quote.
 class QemuNbdServer {
 public:
-    QemuNbdServer(std::string path, const std::string& qemu_format, unsigned connections)
+    QemuNbdServer(std::string path, const std::string& qemu_format, unsigned connections,
+                  const std::string& work_dir)
         : path_(std::move(path)) {
-        const char* tmp = std::getenv("TMPDIR");
-        std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/p2vfs-target-XXXXXX";
-        if (!::mkdtemp(dir.data()))
-            throw Error(path_ + ": cannot make a directory for qemu-nbd's socket (" + dir +
-                            "): " + errno_text(errno),
-                        errno);
+        // A socket path must fit in sockaddr_un (108 bytes).
+        std::string dir = work_dir + "/qemu-nbd";
+        if (!work_dir.empty() && dir.size() + 6 < sizeof(sockaddr_un::sun_path)) {
+            remove_tree(dir); // left by a daemon that was killed
+            if (::mkdir(dir.c_str(), 0700) != 0)
+                throw Error(path_ + ": cannot make a directory for qemu-nbd's socket (" + dir +
+                                "): " + errno_text(errno),
+                            errno);
+        } else {
+            const char* tmp = std::getenv("TMPDIR");
+            dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/p2vfs-target-XXXXXX";
+            if (!::mkdtemp(dir.data()))
+                throw Error(path_ + ": cannot make a directory for qemu-nbd's socket (" + dir +
+                                "): " + errno_text(errno),
+                            errno);
+        }
         dir_ = dir;
         socket_ = dir_ + "/sock";
         log_ = dir_ + "/qemu-nbd.log";
@@ -439,7 +451,8 @@ private:
 
 std::unique_ptr<Destination> open_served_image(const std::string& path, const TargetFormat& format,
                                                uint64_t size, unsigned connections, bool create,
-                                               int64_t uid, int64_t gid) {
+                                               int64_t uid, int64_t gid,
+                                               const std::string& work_dir) {
     if (size % sector != 0)
         throw InvalidArgument(path + ": a " + format.name + " image holds whole 512-byte " +
                               "sectors; " + std::to_string(size) + " bytes is not a multiple");
@@ -471,7 +484,7 @@ std::unique_ptr<Destination> open_served_image(const std::string& path, const Ta
         set_owner(path, file.get(), create, uid, gid);
     }
 
-    auto server = std::make_unique<QemuNbdServer>(path, format.qemu, connections);
+    auto server = std::make_unique<QemuNbdServer>(path, format.qemu, connections, work_dir);
     const uint64_t served = server->served_size();
     if (served != size)
         server->fail("the " + std::string(format.name) + " image's virtual size is " +
@@ -518,11 +531,12 @@ std::string qemu_format_name(const std::string& format) {
 
 std::unique_ptr<Destination> open_image_target(const std::string& path, const std::string& format,
                                                uint64_t size, unsigned connections, bool create,
-                                               int64_t uid, int64_t gid) {
+                                               int64_t uid, int64_t gid,
+                                               const std::string& work_dir) {
     const TargetFormat& f = find_format(format);
     if (std::string(f.qemu) == "raw")
         return std::make_unique<RawTarget>(path, size, create, uid, gid);
-    return open_served_image(path, f, size, connections, create, uid, gid);
+    return open_served_image(path, f, size, connections, create, uid, gid, work_dir);
 }
 
 void check_image_target(const std::string& path, const std::string& format) {

@@ -36,9 +36,13 @@ std::string qemu_format_name(const std::string& format);
 // `uid`:`gid` when >= 0. Destination::commit() does nothing (the caller
 // renames the file). Throws Error naming the file, with qemu-img's or
 // qemu-nbd's own message.
+// `work_dir` (a job's directory): qemu-nbd's socket directory goes there
+// (`work_dir/qemu-nbd`, one left by a killed daemon replaced), so nothing is
+// left elsewhere; "" or a path too long for a socket: a new one in $TMPDIR.
 std::unique_ptr<Destination> open_image_target(const std::string& path, const std::string& format,
                                                uint64_t size, unsigned connections, bool create,
-                                               int64_t uid = -1, int64_t gid = -1);
+                                               int64_t uid = -1, int64_t gid = -1,
+                                               const std::string& work_dir = {});
 
 // `qemu-img check` of a closed target (formats that qemu can check: qcow2,
 // vmdk, vhdx, vdi; nothing for raw and vhd). Throws Error naming the file

@@ -120,6 +120,8 @@ struct Record {
     std::string cutover;          // "" or the cutover's phase
     std::string reflink_copy;     // reflink: generation's copy
     std::string fixups_plan;
+    std::string description;      // the VM's, written beside DEST at the end
+    std::string description_file;
     bool bootable = false;
 };
 
@@ -201,6 +203,8 @@ std::string encode(const Record& r) {
     j["cutover"] = r.cutover;
     j["reflink_copy"] = r.reflink_copy;
     j["fixups_plan"] = r.fixups_plan;
+    j["description"] = r.description;
+    j["description_file"] = r.description_file;
     j["bootable"] = r.bootable;
     const std::string body = j.dump();
     j["checksum"] = crc32c(body.data(), body.size());
@@ -246,6 +250,8 @@ Record decode(const std::string& path) {
         r.cutover = j.at("cutover").get<std::string>();
         r.reflink_copy = j.at("reflink_copy").get<std::string>();
         r.fixups_plan = j.at("fixups_plan").get<std::string>();
+        r.description = j.at("description").get<std::string>();
+        r.description_file = j.at("description_file").get<std::string>();
         r.bootable = j.at("bootable").get<bool>();
         return r;
     } catch (const json::exception& e) {
@@ -483,6 +489,11 @@ SyncJob::~SyncJob() { stop(); }
 std::string SyncJob::destination() const {
     std::lock_guard<std::mutex> lock(state_->mutex);
     return state_->record.destination;
+}
+
+std::string SyncJob::description_file() const {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->record.description.empty() ? std::string() : state_->record.description_file;
 }
 
 std::string SyncJob::fixups_plan() const {
@@ -821,7 +832,7 @@ std::unique_ptr<Destination> SyncJob::State::open_target(bool create) {
     const std::string path = target_path();
     return open_image_target(path, record.options.format, record.source_size,
                              record.options.parallel, create, record.options.owner_uid,
-                             record.options.owner_gid);
+                             record.options.owner_gid, dir);
 }
 
 // Starts generation+1: records the pass before any byte is written.
@@ -1308,10 +1319,20 @@ void SyncJob::State::do_cutover() {
             OverlayOptions oo;
             oo.writable = true;
             auto overlay = Overlay::open(dir, "fixups", base, "sync-target", oo, true);
-            const std::string plan = hooks.fixups(overlay->device(fixups_layer, fixups_layer));
+            const SyncFixups made = hooks.fixups(overlay->device(fixups_layer, fixups_layer),
+                                                 record.destination, record.options.format);
             overlay->sync();
             std::lock_guard<std::mutex> lock(mutex);
-            record.fixups_plan = plan;
+            record.fixups_plan = made.plan;
+            record.description = made.description;
+            if (!made.description.empty()) {
+                // DEST without its extension, unless that would be DEST.
+                const std::filesystem::path d(record.destination);
+                std::string file = (d.parent_path() / d.stem()).string() + made.suffix;
+                if (file == record.destination)
+                    file = record.destination + made.suffix;
+                record.description_file = file;
+            }
         }
         advance("write-fixups");
         return;
@@ -1375,7 +1396,7 @@ void SyncJob::State::do_cutover() {
         set_phase("verifying");
         std::unique_ptr<Destination> dest = open_image_target(
             record.destination, record.options.format, record.source_size,
-            record.options.parallel, false, -1, -1);
+            record.options.parallel, false, -1, -1, dir);
         const std::string hashes = dir + "/hashes.final";
         std::vector<Hash> expected(blocks());
         {
@@ -1385,6 +1406,16 @@ void SyncJob::State::do_cutover() {
         verify_target(*dest, expected,
                       ("verification of " + record.destination + " after the cutover failed").c_str());
         dest.reset();
+        if (!record.description.empty()) {
+            const std::string& file = record.description_file;
+            replace_file(file, record.description);
+            if ((record.options.owner_uid >= 0 || record.options.owner_gid >= 0) &&
+                ::chown(file.c_str(), static_cast<uid_t>(record.options.owner_uid),
+                        static_cast<gid_t>(record.options.owner_gid)) != 0)
+                spdlog::warn("sync job {}: cannot give {} to its owner: {}", id, file,
+                             errno_text(errno));
+            spdlog::info("sync job {}: the VM's description is {}", id, file);
+        }
         {
             std::lock_guard<std::mutex> lock(mutex);
             record.cutover = "done";

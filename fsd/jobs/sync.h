@@ -102,6 +102,16 @@ struct SyncOptions {
     int64_t owner_gid = -1;
 };
 
+// What the fixups of a cutover made.
+struct SyncFixups {
+    std::string plan;        // JSON
+    // The VM's description (a libvirt domain, a .vmx, a Hyper-V summary),
+    // written beside the target as DEST without its extension + `suffix`
+    // at the cutover's end; "" when there is none.
+    std::string description;
+    std::string suffix;      // ".xml", ".vmx", ".hyperv.txt"
+};
+
 // What the job needs from the daemon.
 struct SyncHooks {
     // A fresh reader of the source for one sync: nothing cached from an
@@ -113,9 +123,12 @@ struct SyncHooks {
     // another size (a resized disk cannot be followed block by block).
     uint64_t source_size = 0;
     // Applies the target profile's fixups to `disk` (writable: an overlay
-    // over the target); returns the plan as JSON text. Throws to refuse,
-    // saying why. Empty: the cutover applies no fixups.
-    std::function<std::string(const DevicePtr& disk)> fixups;
+    // over the target) that will be `destination` in `format`; returns the
+    // plan and the VM's description. Throws to refuse, saying why. Empty:
+    // the cutover applies no fixups.
+    std::function<SyncFixups(const DevicePtr& disk, const std::string& destination,
+                             const std::string& format)>
+        fixups;
     // quiesce_signal: asks the source-side tool to quiesce (true) or resume
     // (false); the answer comes through quiesce_ack().
     std::function<void(bool quiesce)> signal_quiesce;
@@ -159,6 +172,8 @@ public:
     void quiesce_ack(bool ok, const std::string& message);
 
     std::string destination() const;
+    // Where the VM's description was written at cutover, "" if nowhere.
+    std::string description_file() const;
     // The fixups' plan applied at cutover (JSON), "" before.
     std::string fixups_plan() const;
 

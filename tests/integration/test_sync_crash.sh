@@ -23,8 +23,8 @@ need_cmd qemu-img nbdkit python3 dd truncate pgrep
 nbdkit --dump-plugin file >/dev/null 2>&1 || skip "nbdkit has no file plugin"
 nbdkit --filter=rate null --dump-plugin >/dev/null 2>&1 || skip "nbdkit has no rate filter"
 
-# The daemon's qemu-nbd of the target keeps its socket in a directory of
-# TMPDIR, which a killed daemon leaves behind: in the scratch directory.
+# The daemon's qemu-nbd of a target keeps its socket in the job's directory
+# (a killed daemon's is replaced at the restart); nothing goes to TMPDIR.
 export TMPDIR=$T/tmp
 mkdir -p "$TMPDIR"
 
@@ -261,4 +261,6 @@ start_bus_daemon "$mnt" "${daemon_args[@]}"
 assert_eq "done" "$(job_field "$id" state)" "job $id after a restart"
 assert_eq "done" "$(job_field "$id_b" state)" "job $id_b after a restart"
 stop_daemon "$mnt"
+leftovers=$(find "$TMPDIR" "$T/state/jobs" -name 'p2vfs-target-*' -o -name 'qemu-nbd' -type d)
+[[ -z $leftovers ]] || fail "qemu-nbd socket directories left after the jobs ended: $leftovers"
 log "ok"

@@ -130,6 +130,17 @@ printf 'quiesce %s %s\nunquiesce %s %s\n' "$id" "$dest.part" "$id" "$dest.part" 
 cmp "$T/quiesce.expected" "$qlog" || fail "quiesce log: $(cat "$qlog")"
 run_rc qemu-img check -f qcow2 "$dest"
 [[ $RC -eq 0 ]] || fail "qemu-img check $dest exited $RC: $(cat "$T/run.out")"
+# The machine around the disk, beside it: a libvirt domain naming the target.
+domain=$T/out/pc.xml
+[[ -f $domain ]] || fail "no libvirt domain $domain after the cutover: $(ls "$T/out")"
+assert_file_has_text "$domain" "<source file='$dest'/>"
+assert_file_has_text "$domain" "<target dev='vda' bus='virtio'/>"
+if command -v virt-xml-validate >/dev/null; then
+    virt-xml-validate "$domain" domain >"$T/validate.out" 2>&1 ||
+        fail "virt-xml-validate $domain: $(cat "$T/validate.out")"
+else
+    echo "$(basename "$0"): virt-xml-validate not installed: the domain's schema is not checked"
+fi
 run_rc ctl sync now "$id"
 assert_eq 1 "$RC" "sync now after the cutover (refused)"
 assert_file_has_text "$T/run.err" "cut over"

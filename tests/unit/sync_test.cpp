@@ -267,10 +267,12 @@ TEST_F(SyncTest, AnInterruptedPassResumesInANewJobObject) {
 TEST_F(SyncTest, CutoverAppliesFixupsRenamesAndVerifies) {
     SyncHooks h = hooks();
     // A stand-in for the guest fixups: an edit at a known place.
-    h.fixups = [](const DevicePtr& disk) {
+    h.fixups = [](const DevicePtr& disk, const std::string& destination,
+                  const std::string& format) {
         const std::string edit = "fixed";
         disk->write(edit.data(), edit.size(), 2 * MiB + 7);
-        return std::string("{\"steps\":[\"test\"]}");
+        return SyncFixups{"{\"steps\":[\"test\"]}", "disk " + destination + " " + format + "\n",
+                          ".xml"};
     };
     SyncOptions o = options();
     o.quiesce_command = "echo quiesced >> '" + dir_ + "/marks'";
@@ -291,6 +293,8 @@ TEST_F(SyncTest, CutoverAppliesFixupsRenamesAndVerifies) {
     EXPECT_EQ(read_all(dest_), expected);
     EXPECT_EQ(read_all(dir_ + "/marks"), "quiesced\nresumed\n");
     EXPECT_EQ(job_->fixups_plan(), "{\"steps\":[\"test\"]}");
+    EXPECT_EQ(job_->description_file(), dir_ + "/out/target.xml");
+    EXPECT_EQ(read_all(dir_ + "/out/target.xml"), "disk " + dest_ + " raw\n");
     EXPECT_THROW(job_->request_sync(), InvalidState);
     // A restarted daemon sees it done.
     job_.reset();

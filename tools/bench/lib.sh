@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# What bench.sh and nbd-bench.sh share: the processes and mounts a run
-# started (killed and unmounted at exit, however it ends), timing, logging,
-# medians, /proc and bdi readers. Sourced after the script has set ME (its
-# name, for messages), WORK, LOG, REPORT and LOGDIR.
+# What the benchmarks share: the processes and mounts a run started (killed
+# and unmounted at exit, however it ends), timing, logging, medians, /proc
+# and bdi readers, and for the control-plane ones a private bus with a
+# p2vfsd on it. Sourced after the script has set ME (its name, for
+# messages), WORK, LOG, REPORT and LOGDIR (and BIN, CTL for the daemon).
 
 PIDS=()   # every server process the script started
 MOUNTS=() # every mount point it used
@@ -65,4 +66,69 @@ set_ra() { echo "$2" >"$(bdi_of "$1")" 2>/dev/null; }
 unmount_dir() {
     mounted "$1" || return 0
     fusermount3 -u "$1" 2>/dev/null || umount -l "$1" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- bus and daemon
+# A private dbus-daemon in $WORK/bus (made by the script) and a p2vfsd on it,
+# driven with ctl. At exit the daemon must be stopped first, while its bus is
+# still there, and then cleanup stops the bus and removes the rest (cleanup
+# sends SIGTERM to all at once; a p2vfsd whose bus went away first aborted on
+# an uncaught sdbus::Error, "Failed to emit InterfacesRemoved signal").
+BUS=""
+DPID=""
+start_bus() {
+    cat >"$WORK/bus/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>p2vfs-bench</type>
+  <listen>unix:path=$WORK/bus/socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+CONF
+    dbus-daemon --config-file="$WORK/bus/bus.conf" --nofork --nopidfile 2>>"$LOG" &
+    PIDS+=("$!")
+    local i
+    for ((i = 0; i < 100; i++)); do [[ -S $WORK/bus/socket ]] && break; sleep 0.1; done
+    [[ -S $WORK/bus/socket ]] || die "dbus-daemon did not create $WORK/bus/socket"
+    BUS="unix:path=$WORK/bus/socket"
+}
+ctl() { "$CTL" --bus "$BUS" "$@"; }
+# start_p2vfsd MOUNT STATE_DIR LOG_FILE: a p2vfsd without default views,
+# answering on the bus (DPID).
+start_p2vfsd() {
+    local mnt=$1 state=$2 lf=$3 i
+    mkdir -p "$mnt" "$state"
+    MOUNTS+=("$mnt")
+    "$BIN" --mount "$mnt" --bus "$BUS" --state-dir "$state" --views none 2>"$lf" &
+    DPID=$!
+    PIDS+=("$DPID")
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$DPID" 2>/dev/null || { cat "$lf" >&2; die "p2vfsd exited at start"; }
+        ctl formats >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$lf" >&2
+    die "p2vfsd does not answer on $BUS"
+}
+# stop_p2vfsd MOUNT: SIGTERM and wait (a status other than 0 or 143 is
+# logged), then the mount goes.
+stop_p2vfsd() {
+    local i st=0
+    [[ -n $DPID ]] || return 0
+    if kill -0 "$DPID" 2>/dev/null; then
+        kill -TERM "$DPID" 2>/dev/null
+        for ((i = 0; i < 100; i++)); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
+    fi
+    wait "$DPID" 2>/dev/null || st=$?
+    ((st != 0 && st != 143)) && echo "$ME: p2vfsd exited with status $st when stopped" >>"$LOG"
+    forget_pid "$DPID"
+    unmount_dir "$1"
+    DPID=""
 }

@@ -231,55 +231,12 @@ changed_blocks_of() { # PLAN: the distinct blocks the writes touch
 }
 
 # ---------------------------------------------------------------- bus and daemon
-BUS=""
-DPID=""
 MNT="$WORK/mnt"
-start_bus() {
-    cat >"$WORK/bus/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>p2vfs-bench</type>
-  <listen>unix:path=$WORK/bus/socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-CONF
-    dbus-daemon --config-file="$WORK/bus/bus.conf" --nofork --nopidfile 2>>"$LOG" &
-    PIDS+=("$!")
-    local i
-    for ((i = 0; i < 100; i++)); do [[ -S $WORK/bus/socket ]] && break; sleep 0.1; done
-    [[ -S $WORK/bus/socket ]] || die "dbus-daemon did not create $WORK/bus/socket"
-    BUS="unix:path=$WORK/bus/socket"
-}
-ctl() { "$CTL" --bus "$BUS" "$@"; }
-start_daemon() {
-    local lf="$LOGDIR/p2vfsd.log" i
-    MOUNTS+=("$MNT")
-    "$BIN" --mount "$MNT" --bus "$BUS" --state-dir "$WORK/state" --views none 2>"$lf" &
-    DPID=$!
-    PIDS+=("$DPID")
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$DPID" 2>/dev/null || { cat "$lf" >&2; die "p2vfsd exited at start"; }
-        ctl formats >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    cat "$lf" >&2
-    die "p2vfsd does not answer on $BUS"
-}
-# The daemon first, while its bus is there (see materialize-bench.sh).
+start_daemon() { start_p2vfsd "$MNT" "$WORK/state" "$LOGDIR/p2vfsd.log"; }
+# The daemon first, while its bus is there (lib.sh).
 stop_daemon_first() {
-    local rc=$? i
-    if [[ -n $DPID ]] && kill -0 "$DPID" 2>/dev/null; then
-        kill -TERM "$DPID" 2>/dev/null
-        for ((i = 0; i < 100; i++)); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
-        wait "$DPID" 2>/dev/null
-    fi
+    local rc=$?
+    stop_p2vfsd "$MNT"
     (exit "$rc")
     cleanup
 }

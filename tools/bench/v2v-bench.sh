@@ -260,65 +260,14 @@ print(p["start"] * 512, p["size"] * 512)') || die "cannot read the partition tab
 }
 
 # ---------------------------------------------------------------- bus and daemon
-BUS=""
-DPID=""
 MNT=""
-start_bus() {
-    cat >"$WORK/bus/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>p2vfs-bench</type>
-  <listen>unix:path=$WORK/bus/socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-CONF
-    dbus-daemon --config-file="$WORK/bus/bus.conf" --nofork --nopidfile 2>>"$LOG" &
-    PIDS+=("$!")
-    local i
-    for ((i = 0; i < 100; i++)); do [[ -S $WORK/bus/socket ]] && break; sleep 0.1; done
-    [[ -S $WORK/bus/socket ]] || die "dbus-daemon did not create $WORK/bus/socket"
-    BUS="unix:path=$WORK/bus/socket"
-}
-ctl() { "$CTL" --bus "$BUS" "$@"; }
 # start_daemon N: a daemon with a fresh mount and state directory for run N
 # (the fixups of a run stay in its overlay, so every run needs its own).
 start_daemon() {
-    local lf="$LOGDIR/p2vfsd.$1.log" i
     MNT="$WORK/mnt.$1"
-    mkdir -p "$MNT" "$WORK/state.$1"
-    MOUNTS+=("$MNT")
-    "$BIN" --mount "$MNT" --bus "$BUS" --state-dir "$WORK/state.$1" --views none 2>"$lf" &
-    DPID=$!
-    PIDS+=("$DPID")
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "$DPID" 2>/dev/null || { cat "$lf" >&2; die "p2vfsd exited at start"; }
-        ctl formats >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    cat "$lf" >&2
-    die "p2vfsd does not answer on $BUS"
+    start_p2vfsd "$MNT" "$WORK/state.$1" "$LOGDIR/p2vfsd.$1.log"
 }
-# The daemon is stopped while its bus is still up (see materialize-bench.sh).
-stop_daemon() {
-    local i st=0
-    [[ -n $DPID ]] || return 0
-    if kill -0 "$DPID" 2>/dev/null; then
-        kill -TERM "$DPID" 2>/dev/null
-        for ((i = 0; i < 100; i++)); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.1; done
-    fi
-    wait "$DPID" 2>/dev/null || st=$?
-    ((st != 0 && st != 143)) && logonly "p2vfsd exited with status $st when stopped"
-    forget_pid "$DPID"
-    unmount_dir "$MNT"
-    DPID=""
-}
+stop_daemon() { stop_p2vfsd "$MNT"; }
 stop_daemon_first() {
     local rc=$?
     qemu_boot_cleanup

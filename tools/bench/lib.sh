@@ -53,6 +53,10 @@ progress() { # to the terminal and the log
 logonly() { echo "$*" >>"$LOG"; }
 rep() { echo "$*" >>"$REPORT"; }
 isnum() { [[ ${1:-} =~ ^[0-9]+([.][0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
+# med_of VALUES...: their median, FAIL when there are none
+med_of() { if (($#)); then printf '%s\n' "$@" | median; else echo FAIL; fi; }
+# secs S: "1.23 s", "12.3 s"; anything but a number as it is
+secs() { isnum "${1:-}" && awk -v s="$1" 'BEGIN { printf (s < 10 ? "%.2f s" : "%.1f s"), s }' || echo "${1:--}"; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 forget_pid() { local p keep=(); for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
 vm() { # vm PID FIELD (VmHWM...) -> KiB (no fork, so it can sit inside timed sections)
@@ -131,4 +135,24 @@ stop_p2vfsd() {
     forget_pid "$DPID"
     unmount_dir "$1"
     DPID=""
+}
+
+# bench_workspace KIND PREFIX: the run's places under $CACHE: the report OUT
+# (KIND-results-STAMP.txt unless given), LOGDIR with LOG, WORK (PREFIX.XXXXXX:
+# mnt, out, state, bus; REPORT), and private copies of $DAEMON and $CTL_BIN
+# as BIN and CTL, so a rebuild of the tree during the run cannot mix binaries.
+bench_workspace() {
+    mkdir -p "$CACHE" || die "cannot create $CACHE"
+    STAMP=$(date +%Y%m%d-%H%M%S)
+    [[ -n $OUT ]] || OUT="$CACHE/$1-results-$STAMP.txt"
+    WORK=$(mktemp -d "$CACHE/$2.XXXXXX") || die "cannot create a work directory in $CACHE"
+    LOGDIR="$CACHE/$1-logs-$STAMP"
+    mkdir -p "$LOGDIR" "$WORK/mnt" "$WORK/out" "$WORK/state" "$WORK/bus"
+    LOG="$LOGDIR/bench.log"
+    REPORT="$WORK/report.txt"
+    : >"$REPORT"
+    BIN="$WORK/p2vfsd"
+    CTL="$WORK/p2vctl"
+    cp "$DAEMON" "$BIN" || die "cannot copy $DAEMON"
+    cp "$CTL_BIN" "$CTL" || die "cannot copy $CTL_BIN"
 }

@@ -128,31 +128,15 @@ command -v openssl >/dev/null 2>&1 && HAVE_OPENSSL=yes
 [[ -x $CTL_BIN ]] || die "no p2vctl at $CTL_BIN (--ctl names it)"
 
 # ---------------------------------------------------------------- state, cleanup
-mkdir -p "$CACHE" || die "cannot create $CACHE"
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$CACHE/materialize-results-$STAMP.txt"
-WORK=$(mktemp -d "$CACHE/mrun.XXXXXX") || die "cannot create a work directory in $CACHE"
-LOGDIR="$CACHE/materialize-logs-$STAMP"
-mkdir -p "$LOGDIR" "$WORK/mnt" "$WORK/out" "$WORK/state" "$WORK/bus"
-LOG="$LOGDIR/bench.log"
-REPORT="$WORK/report.txt"
-: >"$REPORT"
-# Private copies, so a rebuild of the tree during the run cannot mix binaries.
-BIN="$WORK/p2vfsd"
-CTL="$WORK/p2vctl"
-cp "$DAEMON" "$BIN" || die "cannot copy $DAEMON"
-cp "$CTL_BIN" "$CTL" || die "cannot copy $CTL_BIN"
-
 ME=materialize-bench.sh
 # shellcheck source=tools/bench/lib.sh
 source "$SCRIPT_DIR/lib.sh" # cleanup at exit: PIDS killed, MOUNTS unmounted, WORK removed
+bench_workspace materialize mrun
 
-med_of() { if (($#)); then printf '%s\n' "$@" | median; else echo FAIL; fi; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 bytes_on_disk() { du -B1 "$1" 2>/dev/null | awk '{ print $1 }'; }
 mib() { isnum "${1:-}" && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "-"; }
 gib_h() { isnum "${1:-}" && awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.0f MiB", b / 1048576 }' || echo "-"; }
-secs() { isnum "${1:-}" && awk -v s="$1" 'BEGIN { printf (s < 10 ? "%.2f s" : "%.1f s"), s }' || echo "${1:--}"; }
 rate() { isnum "${2:-}" && awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1048576 / s }' || echo "-"; }
 ratio() { isnum "${1:-}" && isnum "${2:-}" && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }' || echo "-"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -133,29 +133,14 @@ command -v openssl >/dev/null 2>&1 && HAVE_OPENSSL=yes
   cmake -S $REPO -B $REPO/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DP2VFS_TESTS=OFF && ninja -C $REPO/build"
 [[ -x $CTL_BIN ]] || die "no p2vctl at $CTL_BIN (--ctl names it)"
 
-mkdir -p "$CACHE" || die "cannot create $CACHE"
-STAMP=$(date +%Y%m%d-%H%M%S)
-[[ -n $OUT ]] || OUT="$CACHE/sync-results-$STAMP.txt"
-WORK=$(mktemp -d "$CACHE/srun.XXXXXX") || die "cannot create a work directory in $CACHE"
-LOGDIR="$CACHE/sync-logs-$STAMP"
-mkdir -p "$LOGDIR" "$WORK/mnt" "$WORK/out" "$WORK/state" "$WORK/bus"
-LOG="$LOGDIR/bench.log"
-REPORT="$WORK/report.txt"
-: >"$REPORT"
-BIN="$WORK/p2vfsd"
-CTL="$WORK/p2vctl"
-cp "$DAEMON" "$BIN" || die "cannot copy $DAEMON"
-cp "$CTL_BIN" "$CTL" || die "cannot copy $CTL_BIN"
-
 # shellcheck disable=SC2034 # lib.sh's messages
 ME=sync-bench.sh
 # shellcheck source=tools/bench/lib.sh
 source "$SCRIPT_DIR/lib.sh" # cleanup at exit: PIDS killed, MOUNTS unmounted, WORK removed
+bench_workspace sync srun
 
 gib_h() { isnum "${1:-}" && awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.1f MiB", b / 1048576 }' || echo "-"; }
-secs() { isnum "${1:-}" && awk -v s="$1" 'BEGIN { printf (s < 10 ? "%.2f s" : "%.1f s"), s }' || echo "${1:--}"; }
 ratio() { isnum "${1:-}" && isnum "${2:-}" && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }' || echo "-"; }
-med_of() { if (($#)); then printf '%s\n' "$@" | median; else echo FAIL; fi; }
 drop_caches() { [[ $DROP == yes ]] || return 0; sync; echo 3 >/proc/sys/vm/drop_caches; }
 file_size() { stat -c %s "$1"; }
 allocated() { du -B1 "$1" | awk '{ print $1 }'; }

@@ -199,11 +199,9 @@ source "$SCRIPT_DIR/lib.sh" # cleanup at exit: PIDS killed, MOUNTS unmounted, WO
 # shellcheck source=tests/integration/qemu_boot.sh
 source "$REPO/tests/integration/qemu_boot.sh"
 
-med_of() { if (($#)); then printf '%s\n' "$@" | median; else echo FAIL; fi; }
 max_of() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 mib() { isnum "${1:-}" && awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo "-"; }
 size_h() { isnum "${1:-}" && awk -v b="$1" 'BEGIN { if (b >= 1073741824) printf "%.2f GiB", b / 1073741824; else printf "%.1f MiB", b / 1048576 }' || echo "-"; }
-secs() { isnum "${1:-}" && awk -v s="$1" 'BEGIN { printf (s < 10 ? "%.2f s" : "%.1f s"), s }' || echo "${1:--}"; }
 ratio() { isnum "${1:-}" && isnum "${2:-}" && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf (a / b < 10 ? "%.2f" : "%.0f"), a / b; else print "-" }' || echo "-"; }
 span() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }

@@ -254,7 +254,7 @@ private:
     // The fixups' options of PlanFixups and ApplyFixups, also given to
     // StartSync among its own (each caller checks for unknown ones).
     static inline const std::vector<const char*> fixup_option_names = {
-        "memory-mib", "cpus", "vendor-agents", "firstboot"};
+        "memory-mib", "cpus", "vendor-agents", "firstboot", "drivers"};
     static FixupRequest read_fixup_request(const std::string& profile, const Options& options) {
         FixupRequest r;
         r.profile = profile;
@@ -263,6 +263,7 @@ private:
         r.firstboot = option<bool>(options, "firstboot", "b", r.firstboot);
         if (options.count("vendor-agents"))
             r.vendor_agents = option<std::vector<std::string>>(options, "vendor-agents", "as", {});
+        r.drivers_dir = option<std::string>(options, "drivers", "s", "");
         return r;
     }
     static FixupRequest fixup_request(const std::string& profile, const Options& options) {

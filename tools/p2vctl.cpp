@@ -62,11 +62,12 @@ const char* usage_text =
     "                                OS, kernels and drivers, findings (--json: the\n"
     "                                inventory, as info.json in the mount)\n"
     "  fixups plan|apply NAME [--profile kvm|vmware|hyperv] [--memory MIB] [--cpus N]\n"
-    "                         [--agents SVC,SVC...] [--no-firstboot]\n"
+    "                         [--agents SVC,SVC...] [--no-firstboot] [--drivers DIR]\n"
     "                                preview / apply the changes the guest needs to\n"
     "                                boot on the target (into the overlay, never the\n"
     "                                source); apply also shows the target's disk and\n"
-    "                                VM description in the folder\n"
+    "                                VM description in the folder. --drivers: Windows\n"
+    "                                drivers it does not ship (virtio-win's layout)\n"
     "  fixups discard NAME           drop the fixups: the views show the source again\n"
     "  sync start NAME DEST [--format F] [--block-size SIZE] [--parallel N]\n"
     "             [--detection auto|hash|dirty-bitmap|reflink] [--bitmap B]\n"
@@ -74,7 +75,7 @@ const char* usage_text =
     "             [--quiesce-command CMD] [--unquiesce-command CMD] [--quiesce-signal]\n"
     "             [--quiesce-timeout SECONDS] [--profile kvm|vmware|hyperv]\n"
     "             [--memory MIB] [--cpus N] [--agents SVC,SVC...] [--no-firstboot]\n"
-    "             [--wait]\n"
+    "             [--drivers DIR] [--wait]\n"
     "                                keep a target image DEST (format F: raw, qcow2\n"
     "                                (default), vmdk, vhd, vhdx, vdi; written as\n"
     "                                DEST.part until the cutover) in step with source\n"
@@ -438,7 +439,8 @@ int cmd_inspect(Context& ctx, const std::vector<std::string>& args) {
 
 // The options of the fixups' machine (fixups plan|apply, sync start), as
 // PlanFixups takes them: true if `key` was one of them.
-const std::vector<std::string> fixup_flags_with_value{"--memory", "--cpus", "--agents"};
+const std::vector<std::string> fixup_flags_with_value{"--memory", "--cpus", "--agents",
+                                                      "--drivers"};
 bool fixup_option(const std::string& key, const std::string& v,
                   std::map<std::string, sdbus::Variant>& options) {
     auto number_of = [](const std::string& k, const std::string& value) {
@@ -455,6 +457,8 @@ bool fixup_option(const std::string& key, const std::string& v,
         options["firstboot"] = sdbus::Variant(false);
     else if (key == "--agents")
         options["vendor-agents"] = sdbus::Variant(split_list(v));
+    else if (key == "--drivers")
+        options["drivers"] = sdbus::Variant(absolute(v));
     else
         return false;
     return true;
@@ -780,8 +784,9 @@ int cmd_sync_start(Context& ctx, const std::vector<std::string>& args) {
         }
     }
     if (!profile && (options.count("memory-mib") || options.count("cpus") ||
-                     options.count("vendor-agents") || options.count("firstboot")))
-        throw Usage("--memory, --cpus, --agents and --no-firstboot describe the target of "
+                     options.count("vendor-agents") || options.count("firstboot") ||
+                     options.count("drivers")))
+        throw Usage("--memory, --cpus, --agents, --drivers and --no-firstboot describe the target of "
                     "--profile: give one");
     SourceProxy s(*ctx.bus, p2vfs::source_object_path(p.positional[0]));
     const std::string path = s.StartSync(absolute(p.positional[1]), format, options);

@@ -110,7 +110,9 @@ json progress_json(const JobProgress& p) {
 nlohmann::json fixup_request_json(const FixupRequest& r) {
     json j = {{"profile", r.profile},     {"memory_mib", r.memory_mib}, {"cpus", r.cpus},
               {"firstboot", r.firstboot}, {"controller", r.controller}, {"firmware", r.firmware},
-              {"os_variant", r.os_variant}};
+              {"os", r.os},               {"os_variant", r.os_variant}};
+    if (!r.drivers_dir.empty())
+        j["drivers_dir"] = r.drivers_dir;
     if (r.vendor_agents)
         j["vendor_agents"] = *r.vendor_agents;
     return j;
@@ -124,7 +126,9 @@ FixupRequest fixup_request_from(const nlohmann::json& fx) {
     r.firstboot = fx.value("firstboot", true);
     r.controller = fx.value("controller", std::string());
     r.firmware = fx.value("firmware", std::string("bios"));
+    r.os = fx.value("os", std::string("linux"));
     r.os_variant = fx.value("os_variant", std::string());
+    r.drivers_dir = fx.value("drivers_dir", std::string());
     if (fx.contains("vendor_agents"))
         r.vendor_agents = fx.at("vendor_agents").get<std::vector<std::string>>();
     return r;

@@ -92,10 +92,14 @@ struct FixupRequest {
     unsigned cpus = 2;
     std::optional<std::vector<std::string>> vendor_agents; // default: the built-in list
     bool firstboot = true;        // install the firstboot initramfs rebuild
+    // Windows: drivers Windows does not ship (virtio-win's layout); "": none.
+    // An absolute path the daemon reads as root: only root callers give it.
+    std::string drivers_dir;
     // Recorded when applied (the VM description is made from them).
     std::string controller;       // the chosen disk controller
     std::string firmware;         // "bios" or "uefi"
-    std::string os_variant;       // "debian12"
+    std::string os = "linux";     // "linux" or "windows"
+    std::string os_variant;       // "debian12", "win2k16"
 };
 
 struct AddSourceOptions {

@@ -28,11 +28,19 @@ guest::FixupOptions fixup_options(const FixupRequest& r) {
     if (r.vendor_agents)
         o.vendor_agents = *r.vendor_agents;
     o.firstboot_initramfs = r.firstboot;
+    o.drivers_dir = r.drivers_dir;
     return o;
 }
 
 void check_request(const FixupRequest& r) {
     guest::profile(r.profile); // InvalidArgument naming the profiles there are
+    if (!r.drivers_dir.empty()) {
+        check_absolute_path("driver directory", r.drivers_dir);
+        std::error_code ec;
+        if (!std::filesystem::is_directory(r.drivers_dir, ec))
+            throw InvalidArgument("driver directory " + r.drivers_dir + " is not a directory" +
+                                  (ec ? ": " + ec.message() : std::string()));
+    }
     if (r.memory_mib < 64 || r.memory_mib > 16 * 1024 * 1024)
         throw InvalidArgument("memory " + std::to_string(r.memory_mib) +
                               " MiB: use 64 MiB to 16 TiB");
@@ -61,7 +69,7 @@ std::string describe_vm(const FixupRequest& r, const std::string& name, const st
                         uint64_t size, const std::string& disk_file, const std::string& disk_path) {
     guest::VmDescription vm;
     vm.name = name;
-    vm.os = "linux";
+    vm.os = r.os;
     vm.os_variant = r.os_variant;
     vm.firmware = r.firmware.empty() ? "bios" : r.firmware;
     vm.memory_mib = r.memory_mib;
@@ -100,6 +108,15 @@ TargetView target_view(const FixupRequest& r) {
 }
 
 } // namespace
+
+// The daemon reads the driver directory as root and copies what it finds
+// into the guest: a caller may name one only if it is root.
+void check_fixups_caller(const Caller& caller, const FixupRequest& r) {
+    if (!r.drivers_dir.empty() && !caller.is_root())
+        throw AccessDenied(caller.describe() +
+                           " may not give a driver directory: the daemon reads it as root "
+                           "(only root may)");
+}
 
 std::vector<MountedFile> Core::guest_files(Source& s) {
     if (!s.info_file) {
@@ -200,6 +217,7 @@ FixupResult Core::plan_fixups(const Caller& caller, const std::string& name,
                               const FixupRequest& request) {
     check_control(caller, "plan fixups");
     check_request(request);
+    check_fixups_caller(caller, request);
     const auto s = find_source(name);
     std::lock_guard<std::mutex> lock(s->guest_mutex);
     // As the fixups layer would be edited: the source with the fixups
@@ -214,6 +232,7 @@ FixupResult Core::apply_fixups(const Caller& caller, const std::string& name,
                                const FixupRequest& request) {
     check_control(caller, "apply fixups");
     check_request(request);
+    check_fixups_caller(caller, request);
     const auto s = find_source(name);
     check_no_running_job(name);
     FixupResult result;
@@ -255,6 +274,7 @@ FixupResult Core::apply_fixups(const Caller& caller, const std::string& name,
         FixupRequest applied = request;
         applied.controller = plan.controller;
         applied.firmware = plan.firmware == "uefi" ? "uefi" : "bios";
+        applied.os = plan.os;
         applied.os_variant = plan.os_variant;
         s->fixups = applied;
         size_t edits = 0;
@@ -340,6 +360,7 @@ Core::fixups_hook(const FixupRequest& request, const std::string& vm_name) const
         FixupRequest applied = request;
         applied.controller = plan.controller;
         applied.firmware = plan.firmware == "uefi" ? "uefi" : "bios";
+        applied.os = plan.os;
         applied.os_variant = plan.os_variant;
         try {
             out.description = describe_vm(applied, vm_name, format, disk->size(),

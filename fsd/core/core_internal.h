@@ -23,6 +23,8 @@ inline constexpr const char* sync_kind = "sync";
 void check_length(const std::string& what, const std::string& value, size_t limit);
 void check_text(const std::string& what, const std::string& value); // no control characters
 void check_absolute_path(const std::string& what, const std::string& path); // no . or ..
+// AccessDenied when a non-root caller names a driver directory.
+void check_fixups_caller(const Caller& caller, const FixupRequest& r);
 
 nlohmann::json fixup_request_json(const FixupRequest& r);
 FixupRequest fixup_request_from(const nlohmann::json& j);

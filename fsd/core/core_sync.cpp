@@ -44,8 +44,10 @@ std::string Core::start_sync(const Caller& caller, const std::string& source_nam
                               "with .part until the cutover");
     SyncOptions o = options;
     check_sync_options(o);
-    if (fixups)
+    if (fixups) {
         (void)fixups_hook(*fixups, source_name); // checks the request
+        check_fixups_caller(caller, *fixups);
+    }
     check_can_create(caller, destination);
     struct stat st{};
     if (::lstat(destination.c_str(), &st) == 0)

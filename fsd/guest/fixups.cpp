@@ -144,7 +144,7 @@ FixupStep fstab_step(GuestTree& tree, const Renamer& names, std::vector<std::str
     FixupStep step{"fstab-by-uuid",
                    "/etc/fstab entries that name a disk by its physical controller path are "
                    "rewritten to the file system's UUID, which stays the same on any controller",
-                   {}};
+                   {}, {}};
     const auto before = tree.read_if_exists("/etc/fstab");
     if (!before)
         return step;
@@ -179,7 +179,7 @@ FixupStep bootloader_step(GuestTree& tree, const Inventory& inv, const Renamer& 
                    "root= and resume= of the boot entries name the file systems by UUID; "
                    "/etc/default/grub no longer forces device names, so the guest's own "
                    "grub-mkconfig keeps doing the same",
-                   {}};
+                   {}, {}};
     const LinuxGuest& g = *inv.linux_guest;
     std::vector<std::string> unresolved;
     auto rewrite_file = [&](const std::string& path) {
@@ -214,7 +214,7 @@ FixupStep bootloader_step(GuestTree& tree, const Inventory& inv, const Renamer& 
 
 FixupStep resume_step(GuestTree& tree, const Renamer& names) {
     FixupStep step{"resume-by-uuid",
-                   "the initramfs' resume device (RESUME=) names the swap volume by UUID", {}};
+                   "the initramfs' resume device (RESUME=) names the swap volume by UUID", {}, {}};
     for (const std::string path : {"/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf"}) {
         const auto before = tree.read_if_exists(path);
         if (!before)
@@ -245,7 +245,7 @@ FixupStep net_rules_step(GuestTree& tree, const LinuxGuest& g) {
     FixupStep step{"remove-persistent-net-rules",
                    "udev rules that give network interfaces names by the physical machine's MAC "
                    "addresses are removed, so the virtual adapters get their names afresh",
-                   {}};
+                   {}, {}};
     for (const std::string& path : g.persistent_net_rules)
         add_edit(step, path, tree.read_if_exists(path), std::nullopt);
     return step;
@@ -255,13 +255,16 @@ FixupStep agents_step(GuestTree& tree, const FixupOptions& options) {
     FixupStep step{"disable-vendor-agents",
                    "services of hardware vendors' agents, which expect the physical machine's "
                    "management hardware, are disabled (their enabling links removed)",
+                   {},
                    {}};
+    const std::vector<std::string> agents =
+        options.vendor_agents.value_or(InspectOptions::default_vendor_agents());
     for (const std::string& wants : tree.list("/etc/systemd/system")) {
         if (wants.size() < 6 || wants.compare(wants.size() - 6, 6, ".wants") != 0)
             continue;
         const std::string dir = "/etc/systemd/system/" + wants;
         for (const std::string& unit : tree.list(dir))
-            for (const std::string& a : options.vendor_agents)
+            for (const std::string& a : agents)
                 if (unit == a + ".service") {
                     const std::string path = dir + "/" + unit;
                     auto [fs, inner] = tree.locate(path);
@@ -272,7 +275,7 @@ FixupStep agents_step(GuestTree& tree, const FixupOptions& options) {
     }
     for (const std::string rc : {"/etc/rc2.d", "/etc/rc3.d", "/etc/rc4.d", "/etc/rc5.d"})
         for (const std::string& link : tree.list(rc))
-            for (const std::string& a : options.vendor_agents)
+            for (const std::string& a : agents)
                 if (link.size() > 3 && link[0] == 'S' && link.substr(3) == a) {
                     const std::string path = rc + "/" + link;
                     auto [fs, inner] = tree.locate(path);
@@ -287,7 +290,7 @@ FixupStep drivers_step(GuestTree& tree, const LinuxGuest& g, const Controller& c
     FixupStep step{"initramfs-drivers",
                    "the modules of the " + c.name + " controller are added to those the "
                    "initramfs tool always includes, so every later rebuild keeps them",
-                   {}};
+                   {}, {}};
     if (g.initramfs_tool == "dracut") {
         std::string text = "# Drivers of the target's disk controller (" + c.name +
                            "), added by p2vfs fixups.\nadd_drivers+=\" ";
@@ -328,7 +331,7 @@ FixupStep firstboot_step(GuestTree& tree) {
     FixupStep step{"firstboot-initramfs",
                    "a oneshot unit rebuilds the initramfs on the first boot on the target, with "
                    "the drivers of the hardware found there",
-                   {}};
+                   {}, {}};
     add_edit(step, firstboot_script, tree.read_if_exists(firstboot_script), firstboot_script_text, 0755);
     add_edit(step, firstboot_unit, tree.read_if_exists(firstboot_unit), firstboot_unit_text);
     auto [fs, inner] = tree.locate(firstboot_wants);
@@ -351,7 +354,7 @@ std::string os_variant_of(const LinuxGuest& g) {
 
 bool FixupPlan::empty() const {
     for (const FixupStep& s : steps)
-        if (!s.edits.empty())
+        if (!s.edits.empty() || !s.registry.empty())
             return false;
     return true;
 }
@@ -362,13 +365,13 @@ FixupPlan plan_fixups(const DevicePtr& disk, const Inventory& inv, const FixupOp
     plan.profile = profile.name;
     plan.disk_format = profile.disk_format;
     plan.firmware = inv.firmware;
+    if (inv.os == "windows")
+        return plan_windows_fixups(disk, inv, options);
     if (!inv.linux_guest) {
         std::string why = "no Linux system was found on the disk";
         for (const Finding& f : inv.findings)
             if (f.id == "unsupported-filesystem" || f.id == "partition-table-unreadable")
                 why += "; " + f.message;
-        if (inv.os == "windows")
-            why = "the disk holds Windows (NTFS); Windows fixups are not built";
         plan.refusals.push_back(why);
         return plan;
     }
@@ -378,7 +381,7 @@ FixupPlan plan_fixups(const DevicePtr& disk, const Inventory& inv, const FixupOp
         if (f.id == "journal-needs-recovery" || f.id == "hibernated" || f.id == "bitlocker")
             plan.refusals.push_back(f.message);
 
-    FixupStep choose{"choose-controller", "", {}};
+    FixupStep choose{"choose-controller", "", {}, {}};
     const Controller* controller = nullptr;
     if (g.kernels.empty() || g.kernels.front().initramfs.empty()) {
         plan.refusals.push_back("no kernel with an initramfs in /boot: the controller the "
@@ -431,6 +434,8 @@ FixupPlan plan_fixups(const DevicePtr& disk, const Inventory& inv, const FixupOp
 void apply_fixups(const DevicePtr& disk, const Inventory& inv, const FixupPlan& plan) {
     if (!plan.refusals.empty())
         throw InvalidState("fixups cannot be applied: " + plan.refusals.front());
+    if (plan.os == "windows")
+        return apply_windows_fixups(disk, inv, plan);
     GuestTree tree(disk, inv, true);
     // Everything is checked before anything is written.
     for (const FixupStep& step : plan.steps)
@@ -479,17 +484,42 @@ json to_json(const FixupPlan& plan) {
     json steps = json::array();
     for (const FixupStep& s : plan.steps) {
         json edits = json::array();
-        for (const FileEdit& e : s.edits)
-            edits.push_back({{"path", e.path},
-                             {"kind", e.kind},
-                             {"before", e.before ? json(*e.before) : json(nullptr)},
-                             {"after", e.after ? json(*e.after) : json(nullptr)}});
-        steps.push_back({{"name", s.name}, {"description", s.description}, {"edits", edits}});
+        for (const FileEdit& e : s.edits) {
+            json edit = {{"path", e.path},
+                         {"kind", e.kind},
+                         {"before", e.before ? json(*e.before) : json(nullptr)},
+                         {"after", e.after ? json(*e.after) : json(nullptr)}};
+            if (e.kind == "copy")
+                edit["size"] = e.size;
+            edits.push_back(edit);
+        }
+        json registry = json::array();
+        for (const RegistryEdit& r : s.registry) {
+            const auto text = [&](const std::optional<RegValue>& v, bool readable) {
+                if (!r.value)
+                    return v ? json("(key)") : json(nullptr);
+                return v ? json(readable ? reg_readable(*v) : reg_export_text(*v)) : json(nullptr);
+            };
+            const RegValue* any = r.after ? &*r.after : r.before ? &*r.before : nullptr;
+            registry.push_back({{"hive", r.hive},
+                                {"key", r.key},
+                                {"value", r.value ? json(*r.value) : json(nullptr)},
+                                {"type", r.value && any ? json(reg_type_name(any->type)) : json(nullptr)},
+                                {"before", text(r.before, false)},
+                                {"after", text(r.after, false)},
+                                {"before_text", text(r.before, true)},
+                                {"after_text", text(r.after, true)}});
+        }
+        steps.push_back({{"name", s.name},
+                         {"description", s.description},
+                         {"edits", edits},
+                         {"registry", registry}});
     }
     return {{"profile", plan.profile},       {"controller", plan.controller},
             {"guest_disk", plan.guest_disk}, {"disk_format", plan.disk_format},
-            {"firmware", plan.firmware},     {"os_variant", plan.os_variant},
-            {"steps", steps},                {"refusals", plan.refusals}};
+            {"firmware", plan.firmware},     {"os", plan.os},
+            {"os_variant", plan.os_variant}, {"steps", steps},
+            {"refusals", plan.refusals}};
 }
 
 namespace {
@@ -546,9 +576,29 @@ std::string preview_text(const FixupPlan& plan) {
         o << "REFUSED: " << r << "\n";
     for (const FixupStep& s : plan.steps) {
         o << "\n== " << s.name << ": " << s.description << "\n";
-        if (s.edits.empty())
+        if (s.edits.empty() && s.registry.empty())
             o << "   (nothing to change)\n";
+        for (const RegistryEdit& r : s.registry) {
+            const std::string key = "HKLM\\" + r.hive + "\\" + r.key;
+            if (!r.value) {
+                o << "+ key " << key << "\n";
+                continue;
+            }
+            const std::string name = r.value->empty() ? "(default)" : *r.value;
+            if (!r.before)
+                o << "+ " << key << "  " << name << " = " << reg_readable(*r.after) << "\n";
+            else if (!r.after)
+                o << "- " << key << "  " << name << " (was " << reg_readable(*r.before) << ")\n";
+            else
+                o << "~ " << key << "  " << name << ": " << reg_readable(*r.before) << " -> "
+                  << reg_readable(*r.after) << "\n";
+        }
         for (const FileEdit& e : s.edits) {
+            if (e.kind == "copy") {
+                o << "copy " << *e.after << " -> " << e.path << " (" << e.size << " bytes"
+                  << (e.before ? ", replacing " + *e.before : std::string()) << ")\n";
+                continue;
+            }
             if (e.kind == "symlink") {
                 o << (e.after ? "link " : "remove link ") << e.path;
                 if (e.before)

@@ -731,18 +731,47 @@ json to_json(const Inventory& inv) {
     }
     if (inv.windows_guest) {
         const WindowsGuest& w = *inv.windows_guest;
+        const auto services = [](const std::vector<WindowsService>& list, bool drivers) {
+            json a = json::array();
+            for (const WindowsService& sv : list) {
+                json e = {{"name", sv.name}, {"start", sv.start}};
+                if (drivers) {
+                    e["group"] = sv.group;
+                    e["file"] = sv.file;
+                }
+                a.push_back(e);
+            }
+            return a;
+        };
+        json letters = json::array();
+        for (const DriveLetter& d : w.drive_letters)
+            letters.push_back({{"letter", d.letter}, {"target", d.target}});
         out["windows"] = {{"system_partition", w.system_partition},
                           {"product_name", w.product_name},
                           {"edition_id", w.edition_id},
+                          {"installation_type", w.installation_type},
                           {"current_version", w.current_version},
                           {"current_build", w.current_build},
                           {"display_version", w.display_version},
+                          {"version", w.version},
                           {"system_root", w.system_root},
+                          {"architecture", w.architecture},
+                          {"control_set", w.control_set},
                           {"boot_mode", w.boot_mode},
                           {"boot_partition", w.boot_partition},
+                          {"bcd_partition", w.bcd_partition},
+                          {"bcd_path", w.bcd_path},
                           {"hostname", w.hostname},
+                          {"hiberfil", w.hiberfil},
+                          {"hibernation_enabled", w.hibernation_enabled},
                           {"hibernated", w.hibernated},
-                          {"fast_startup", w.fast_startup}};
+                          {"fast_startup", w.fast_startup},
+                          {"storage_drivers", services(w.storage_drivers, true)},
+                          {"hypervisor_tools", services(w.hypervisor_tools, false)},
+                          {"vendor_agents", services(w.vendor_agents, false)},
+                          {"bitlocker_partitions", w.bitlocker_partitions},
+                          {"dynamic_disk", w.dynamic_disk},
+                          {"drive_letters", letters}};
     }
     json findings = json::array();
     for (const Finding& f : inv.findings)
@@ -799,6 +828,27 @@ std::string report_text(const Inventory& inv) {
         o << ", " << (w.system_root.empty() ? "system" : w.system_root) << " on partition "
           << w.system_partition << ", boot " << w.boot_mode << ", hostname '" << w.hostname
           << "'\n";
+        o << "  version " << (w.version.empty() ? "unknown" : w.version) << ", "
+          << (w.architecture.empty() ? "architecture unknown" : w.architecture) << ", "
+          << (w.control_set.empty() ? "no current control set" : w.control_set);
+        if (w.bcd_partition)
+            o << ", BCD " << w.bcd_path << " on partition " << w.bcd_partition;
+        o << "\n";
+        const auto names = [](const std::vector<WindowsService>& list) {
+            std::string t;
+            for (const WindowsService& sv : list)
+                t += (t.empty() ? "" : ", ") + sv.name + " (start " + std::to_string(sv.start) + ")";
+            return t.empty() ? std::string("none") : t;
+        };
+        o << "  storage drivers: " << names(w.storage_drivers) << "\n";
+        o << "  hypervisor tools: " << names(w.hypervisor_tools) << "\n";
+        o << "  vendor agents: " << names(w.vendor_agents) << "\n";
+        o << "  hibernation: " << (w.hibernation_enabled ? "enabled" : "disabled")
+          << (w.hiberfil ? ", \\hiberfil.sys present" : "")
+          << (w.hibernated ? ", HIBERNATED" : "") << "; Fast Startup "
+          << (w.fast_startup ? "on" : "off") << "\n";
+        for (const DriveLetter& d : w.drive_letters)
+            o << "  drive " << d.letter << " -> " << d.target << "\n";
     }
     size_t blockers = 0;
     for (const Finding& f : inv.findings)

@@ -73,20 +73,54 @@ struct LinuxGuest {
     std::string initramfs_tool;  // "initramfs-tools", "dracut"
 };
 
+// A service of the SYSTEM hive's current control set.
+struct WindowsService {
+    std::string name;      // the key's name as stored ("LSI_SAS")
+    uint32_t start = 0;    // 0 boot, 1 system, 2 automatic, 3 manual, 4 disabled
+    std::string group;     // "SCSI miniport"; empty when none
+    bool file = false;     // its ImagePath (or System32\drivers\NAME.sys) exists
+};
+
+// A drive letter of SYSTEM\MountedDevices and what it is tied to.
+struct DriveLetter {
+    std::string letter;    // "C:"
+    // "partition 2" (of this disk, by MBR signature and offset or by GPT
+    // partition GUID), "disk 0x5eedf00d at 0x100000", "GPT partition
+    // {guid}" (another disk), "device \??\IDE#CdRom..." (a device path of
+    // the old hardware), "unknown (N bytes)"
+    std::string target;
+};
+
 struct WindowsGuest {
     unsigned system_partition = 0;  // the volume holding \Windows\System32\config\SYSTEM
     // SOFTWARE\Microsoft\Windows NT\CurrentVersion
     std::string product_name;       // "Windows Server 2019 Standard"
     std::string edition_id;         // "ServerStandard"
+    std::string installation_type;  // "Server", "Client"; empty before Windows 7
     std::string current_version;    // "6.3"
     std::string current_build;      // "17763" (CurrentBuildNumber, else CurrentBuild)
     std::string display_version;    // "21H2"; empty before Windows 10 20H2
+    // "10.0" from CurrentMajor/MinorVersionNumber (Windows 10 and later keep
+    // "6.3" in CurrentVersion), else CurrentVersion
+    std::string version;
     std::string system_root;        // "C:\Windows"
+    std::string architecture;       // "x86_64", "i386", "aarch64"; empty when unknown
+    std::string control_set;        // SYSTEM\Select\Current as a key name: "ControlSet001"
     std::string boot_mode;          // "bios", "uefi", "unknown"
     unsigned boot_partition = 0;    // bios: the volume holding \bootmgr (or \ntldr); 0 otherwise
+    unsigned bcd_partition = 0;     // the volume holding the BCD store; 0 when not found
+    std::string bcd_path;           // "\Boot\BCD" (bios), "\EFI\Microsoft\Boot\BCD" (uefi)
     std::string hostname;           // SYSTEM: ComputerName of the current control set
+    bool hiberfil = false;          // \hiberfil.sys exists
+    bool hibernation_enabled = false; // Control\Power HibernateEnabled (else: hiberfil)
     bool hibernated = false;        // \hiberfil.sys holds a hibernation image
     bool fast_startup = false;      // HiberbootEnabled=1
+    std::vector<WindowsService> storage_drivers;  // kernel drivers of disk controllers
+    std::vector<WindowsService> hypervisor_tools; // services of known hypervisors' tools
+    std::vector<WindowsService> vendor_agents;    // services of known hardware vendors' agents
+    std::vector<unsigned> bitlocker_partitions;   // volumes encrypted with BitLocker
+    bool dynamic_disk = false;      // the disk is a dynamic (LDM) disk
+    std::vector<DriveLetter> drive_letters;       // by letter
 };
 
 // An incompatibility or remark, by a stable name users and tools can match.

@@ -217,6 +217,9 @@ const std::vector<Profile>& profiles() {
              {"pvscsi", {"vmw_pvscsi", "sd_mod"}, "/dev/sda"},
              // LSI Logic parallel SCSI (mptspi; mptbase and mptscsih come with it).
              {"lsilogic", {"mptspi", "sd_mod"}, "/dev/sda"},
+             // LSI Logic SAS (lsisas1068): what VMware gives Windows since
+             // Server 2008, which has its driver (LSI_SAS) in the box.
+             {"lsisas", {"mptsas", "sd_mod"}, "/dev/sda"},
              {"sata", {"ahci", "sd_mod"}, "/dev/sda"},
              {"ide", {"ata_piix", "sd_mod"}, "/dev/sda"},
          }},
@@ -435,9 +438,9 @@ std::string vmware_vmx(const VmDescription& vm) {
         v += line(bridge + ".functions", "8");
     }
     std::string disk;
-    if (c.name == "pvscsi" || c.name == "lsilogic") {
+    if (c.name == "pvscsi" || c.name == "lsilogic" || c.name == "lsisas") {
         v += line("scsi0.present", "TRUE");
-        v += line("scsi0.virtualDev", c.name);
+        v += line("scsi0.virtualDev", c.name == "lsisas" ? "lsisas1068" : c.name);
         disk = "scsi0:0";
     } else if (c.name == "sata") {
         v += line("sata0.present", "TRUE");
@@ -568,7 +571,7 @@ std::string vmdk_adapter_for(const std::string& controller) {
     // products describe their SATA disks as "ide".
     if (controller == "pvscsi")
         return "pvscsi";
-    if (controller == "lsilogic")
+    if (controller == "lsilogic" || controller == "lsisas")
         return "lsilogic";
     if (controller == "sata" || controller == "ide")
         return "ide";

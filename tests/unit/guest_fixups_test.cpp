@@ -327,8 +327,9 @@ TEST(FixupPreview, ShowsChangedLinesWithTheKeptOnesBetweenAsContext) {
     plan.profile = "kvm";
     plan.steps.push_back({"fstab-by-uuid", "names by UUID",
                           {{"/etc/fstab", "file", "# t\n/dev/sda1 / ext4 0 1\nproc /proc proc 0 0\n/dev/sda2 none swap 0 0\n# end\n",
-                            "# t\nUUID=1 / ext4 0 1\nproc /proc proc 0 0\nUUID=2 none swap 0 0\n# end\n", 0644}}});
-    plan.steps.push_back({"remove-persistent-net-rules", "gone", {{"/etc/x.rules", "file", "a\n", std::nullopt, 0644}}});
+                            "# t\nUUID=1 / ext4 0 1\nproc /proc proc 0 0\nUUID=2 none swap 0 0\n# end\n", 0644, 0}},
+                          {}});
+    plan.steps.push_back({"remove-persistent-net-rules", "gone", {{"/etc/x.rules", "file", "a\n", std::nullopt, 0644, 0}}, {}});
     EXPECT_EQ(preview_text(plan), "Fixups for kvm\n"
                                   "\n== fstab-by-uuid: names by UUID\n"
                                   "--- /etc/fstab\n+++ /etc/fstab\n@@ line 2 @@\n"

@@ -105,7 +105,7 @@ TEST(Profiles, ListControllersInOrderOfPreference) {
                      "sata /dev/sda: ahci sd_mod", "ide /dev/sda: ata_piix sd_mod"}));
     EXPECT_EQ(controllers("vmware"),
               (Names{"pvscsi /dev/sda: vmw_pvscsi sd_mod", "lsilogic /dev/sda: mptspi sd_mod",
-                     "sata /dev/sda: ahci sd_mod", "ide /dev/sda: ata_piix sd_mod"}));
+                     "lsisas /dev/sda: mptsas sd_mod", "sata /dev/sda: ahci sd_mod", "ide /dev/sda: ata_piix sd_mod"}));
     EXPECT_EQ(controllers("hyperv"), (Names{"hyperv-scsi /dev/sda: hv_storvsc hv_vmbus sd_mod",
                                             "hyperv-ide /dev/sda: ata_piix sd_mod"}));
 }
@@ -416,7 +416,7 @@ TEST(ProfileVmx, AHostileNameCannotAddALine) {
 TEST(ProfileVmx, RefusesWhatVmwareCannotTake) {
     EXPECT_EQ(
         error_of([] { vmware_vmx(debian("virtio-blk", "vmdk", "d.vmdk")); }),
-        "VMware: no disk controller 'virtio-blk' (vmware offers pvscsi, lsilogic, sata, ide)");
+        "VMware: no disk controller 'virtio-blk' (vmware offers pvscsi, lsilogic, lsisas, sata, ide)");
     EXPECT_EQ(error_of([] { vmware_vmx(debian("pvscsi", "qcow2", "d.qcow2")); }),
               "VMware: disk format 'qcow2' is not vmdk");
     VmDescription vm = debian("pvscsi", "vmdk", "d.vmdk");
@@ -431,7 +431,7 @@ TEST(ProfileVmx, VmdkAdapterForEachController) {
     EXPECT_EQ(vmdk_adapter_for("ide"), "ide");
     EXPECT_EQ(
         error_of([] { vmdk_adapter_for("virtio-blk"); }),
-        "VMware: no disk controller 'virtio-blk' (vmware offers pvscsi, lsilogic, sata, ide)");
+        "VMware: no disk controller 'virtio-blk' (vmware offers pvscsi, lsilogic, lsisas, sata, ide)");
 }
 
 // ---- Hyper-V ----

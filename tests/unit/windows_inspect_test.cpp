@@ -6,7 +6,9 @@
 // The empty hive is the public hivex project's images/minimal (8 KiB);
 // P2VFS_MINIMAL_HIVE names it, else the shared test data copy is used.
 #include "block/local_source.h"
+#include "guest/fixups.h"
 #include "guest/inspect.h"
+#include "overlay/overlay.h"
 
 #include <cerrno>
 #include <cstdarg>
@@ -169,7 +171,8 @@ protected:
                  software_hive("Windows Server 2019 Standard", "ServerStandard", "17763")},
                 {"Windows/System32/config/SYSTEM", system_hive("WIN-P2V01", 0)},
                 {"hiberfil.sys", hiberfil},
-                {"bootmgr", std::string(4096, 'B')}};
+                {"bootmgr", std::string(4096, 'B')},
+                {"Boot/BCD", hive({{"Description", {sz("KeyName", "BCD00000000")}}})}};
     }
 
     // Writes `files` into the NTFS file system in `image` through
@@ -238,7 +241,8 @@ protected:
                 image_.string());
         } else {
             run("truncate -s 34M " + image_.string());
-            run("printf 'label: dos\\nstart=2048, size=65536, type=7, bootable\\n' | sfdisk -q " +
+            run("printf 'label: dos\\nlabel-id: 0x2008a2b1\\nstart=2048, size=65536, type=7, "
+                "bootable\\n' | sfdisk -q " +
                 image_.string());
         }
         run("dd if=" + ntfs.string() + " of=" + image_.string() +
@@ -283,15 +287,29 @@ TEST_F(WindowsInspect, ReadsVersionRootHostAndBiosBootOfASystemVolume) {
               nlohmann::json({{"system_partition", 1},
                               {"product_name", "Windows Server 2019 Standard"},
                               {"edition_id", "ServerStandard"},
+                              {"installation_type", ""},
                               {"current_version", "6.3"},
                               {"current_build", "17763"},
                               {"display_version", ""},
+                              {"version", "6.3"},
                               {"system_root", "C:\\Windows"},
+                              {"architecture", ""},
+                              {"control_set", "ControlSet001"},
                               {"boot_mode", "bios"},
                               {"boot_partition", 1},
+                              {"bcd_partition", 1},
+                              {"bcd_path", "\\Boot\\BCD"},
                               {"hostname", "WIN-P2V01"},
+                              {"hiberfil", true},
+                              {"hibernation_enabled", true},
                               {"hibernated", false},
-                              {"fast_startup", false}}));
+                              {"fast_startup", false},
+                              {"storage_drivers", nlohmann::json::array()},
+                              {"hypervisor_tools", nlohmann::json::array()},
+                              {"vendor_agents", nlohmann::json::array()},
+                              {"bitlocker_partitions", nlohmann::json::array()},
+                              {"dynamic_disk", false},
+                              {"drive_letters", nlohmann::json::array()}}));
     const std::string report = report_text(inv);
     EXPECT_NE(
         report.find("Operating system: windows\n  Windows Server 2019 Standard (build 17763), "
@@ -356,7 +374,9 @@ TEST_F(WindowsInspect, FastStartupIsAWarning) {
 }
 
 // Names differ in case from Windows' own, as NTFS allows; and the disk is
-// GPT with an EFI System partition before the Windows volume.
+// GPT with an EFI System partition before the Windows volume — left
+// unformatted here, so the BCD store is not found (the integration test's
+// disks have it).
 TEST_F(WindowsInspect, UefiSystemOnGptFoundWhateverTheCaseOfItsPaths) {
     make_disk({{"WINDOWS/system32/CONFIG/software",
                 software_hive("Windows Server 2022 Datacenter", "ServerDatacenter", "20348")},
@@ -364,7 +384,9 @@ TEST_F(WindowsInspect, UefiSystemOnGptFoundWhateverTheCaseOfItsPaths) {
               "gpt");
     ASSERT_FALSE(HasFatalFailure());
     const Inventory inv = inspect_disk();
-    EXPECT_EQ(findings_of(inv), "");
+    EXPECT_EQ(findings_of(inv),
+              "windows-no-bcd [warning] no EFI System partition holds \\EFI\\Microsoft\\Boot\\BCD: "
+              "Windows' boot configuration was not found\n");
     ASSERT_TRUE(inv.windows_guest.has_value());
     EXPECT_EQ(inv.windows_guest->system_partition, 2u);
     EXPECT_EQ(inv.windows_guest->product_name, "Windows Server 2022 Datacenter");
@@ -409,7 +431,7 @@ TEST_F(WindowsInspect, CurrentControlSetThatDoesNotExistIsNamed) {
     const Inventory inv = inspect_disk();
     EXPECT_EQ(findings_of(inv), "windows-unreadable [warning] \\Windows\\System32\\config\\SYSTEM "
                                 "on partition 1: Select\\Current names ControlSet002, which does "
-                                "not exist: the host name and Fast Startup setting are unknown\n");
+                                "not exist: the host name, drivers and services are unknown\n");
     ASSERT_TRUE(inv.windows_guest.has_value());
     EXPECT_EQ(inv.windows_guest->hostname, "");
 }
@@ -481,6 +503,231 @@ TEST_F(WindowsInspect, TruncatedNtfsIsAFindingNotACrash) {
     const std::string& m = unreadable[0]->message;
     EXPECT_EQ(m.rfind("partition 1: the NTFS file system cannot be opened: ", 0), 0u) << m;
     EXPECT_NE(m.find("lies past the end of the partition (4 MiB)"), std::string::npos) << m;
+}
+
+// ---- fixups ------------------------------------------------------------------
+
+Value binary(const std::string& name, const std::string& bytes) {
+    return {name, hive_t_REG_BINARY, bytes};
+}
+
+Value expand(const std::string& name, const std::string& ascii) {
+    Value v = sz(name, ascii);
+    v.type = hive_t_REG_EXPAND_SZ;
+    return v;
+}
+
+std::string utf16(const std::string& ascii) {
+    std::string b;
+    for (char c : ascii)
+        b += std::string{c, '\0'};
+    return b;
+}
+
+class WindowsFixups : public WindowsInspect {
+protected:
+    // A Windows Server 2008 R2 on partition 1 (MBR 0x2008a2b1, offset 1 MiB),
+    // booted from an HP Smart Array, with HP's agents and an old CD drive's
+    // letter.
+    void make_2008r2() {
+        const std::string c_id = std::string("\xb1\xa2\x08\x20\x00\x00\x10\x00\x00\x00\x00\x00", 12);
+        const std::string service = "ControlSet001\\Services\\";
+        const auto driver = [&](const std::string& name, uint32_t start, const std::string& group) {
+            return std::pair<std::string, std::vector<Value>>{
+                service + name,
+                {dword("Type", 1), dword("Start", start), dword("ErrorControl", 1), sz("Group", group),
+                 expand("ImagePath", "system32\\DRIVERS\\" + name + ".sys")}};
+        };
+        const std::string system = hive(
+            {{"Select", {dword("Current", 1), dword("Default", 1)}},
+             {"ControlSet001\\Control\\ComputerName\\ComputerName", {sz("ComputerName", "W2K8R2")}},
+             {"ControlSet001\\Control\\Session Manager\\Environment",
+              {sz("PROCESSOR_ARCHITECTURE", "AMD64")}},
+             {"ControlSet001\\Control\\CrashControl", {dword("AutoReboot", 1)}},
+             driver("msahci", 3, "SCSI miniport"),
+             driver("atapi", 0, "SCSI miniport"),
+             driver("intelide", 3, "System Bus Extender"),
+             driver("HpCISSs2", 0, "SCSI miniport"),
+             {service + "CqMgHost", {dword("Type", 16), dword("Start", 2)}},
+             {service + "SysMgmtHp", {dword("Type", 16), dword("Start", 4)}},
+             {"MountedDevices",
+              {binary("\\DosDevices\\C:", c_id),
+               binary("\\DosDevices\\D:", utf16("\\??\\IDE#CdRomHL-DT-ST#5&2a2f&0&1.0.0#{53f56308}"))}}});
+        std::string software;
+        {
+            std::vector<Value> v{sz("ProductName", "Windows Server 2008 R2 Standard"),
+                                 sz("EditionID", "ServerStandard"), sz("CurrentVersion", "6.1"),
+                                 sz("CurrentBuildNumber", "7601"), sz("InstallationType", "Server"),
+                                 sz("SystemRoot", "C:\\Windows")};
+            software = hive({{"Microsoft\\Windows NT\\CurrentVersion", v}});
+        }
+        make_disk({{"Windows/System32/config/SOFTWARE", software},
+                   {"Windows/System32/config/SYSTEM", system},
+                   {"Windows/System32/drivers/msahci.sys", "MZ msahci"},
+                   {"Windows/System32/drivers/atapi.sys", "MZ atapi"},
+                   {"Windows/System32/drivers/intelide.sys", "MZ intelide"},
+                   {"Windows/System32/drivers/HpCISSs2.sys", "MZ HpCISSs2"},
+                   {"bootmgr", std::string(4096, 'B')}});
+    }
+
+    OverlayPtr overlay(const DevicePtr& src) {
+        return Overlay::open((dir_ / "state").string(), "win", src, image_.string(),
+                             OverlayOptions{.writable = true}, true);
+    }
+};
+
+std::string edits_of(const FixupPlan& plan) {
+    std::string out;
+    for (const FixupStep& s : plan.steps)
+        for (const RegistryEdit& e : s.registry)
+            out += s.name + ": " + e.hive + "\\" + e.key + (e.value ? " " + *e.value : "") + " " +
+                   (e.before ? reg_export_text(*e.before) : "-") + " -> " +
+                   (e.after ? (e.value ? reg_export_text(*e.after) : "(key)") : "-") + "\n";
+    return out;
+}
+
+TEST_F(WindowsFixups, PlanIsTheRegistryEditsTheTargetNeeds) {
+    make_2008r2();
+    ASSERT_FALSE(HasFatalFailure());
+    const DevicePtr disk = std::make_shared<LocalSource>(image_.string());
+    const Inventory inv = inspect(disk);
+    ASSERT_TRUE(inv.windows_guest.has_value()) << findings_of(inv);
+    EXPECT_EQ(inv.windows_guest->drive_letters.size(), 2u);
+    FixupOptions o;
+    o.profile = "kvm";
+    const FixupPlan plan = plan_fixups(disk, inv, o);
+    ASSERT_TRUE(plan.refusals.empty()) << plan.refusals.front();
+    EXPECT_EQ(plan.os, "windows");
+    EXPECT_EQ(plan.os_variant, "win2k8r2");
+    EXPECT_EQ(plan.firmware, "bios");
+    EXPECT_EQ(plan.controller, "sata");
+    EXPECT_EQ(edits_of(plan),
+              "boot-driver: SYSTEM\\ControlSet001\\Services\\msahci Start dword:00000003 -> "
+              "dword:00000000\n"
+              "critical-device-database: SYSTEM\\ControlSet001\\Control\\CriticalDeviceDatabase "
+              "- -> (key)\n"
+              "critical-device-database: SYSTEM\\ControlSet001\\Control\\CriticalDeviceDatabase"
+              "\\pci#ven_8086&dev_2922&cc_0106 - -> (key)\n"
+              "critical-device-database: SYSTEM\\ControlSet001\\Control\\CriticalDeviceDatabase"
+              "\\pci#ven_8086&dev_2922&cc_0106 Service - -> hex(1):6d,00,73,00,61,00,68,00,63,00,69,00,00,00\n"
+              "critical-device-database: SYSTEM\\ControlSet001\\Control\\CriticalDeviceDatabase"
+              "\\pci#ven_8086&dev_2922&cc_0106 ClassGUID - -> " +
+                  reg_export_text(reg_string("{4D36E96A-E325-11CE-BFC1-08002BE10318}")) + "\n"
+              "disable-services: SYSTEM\\ControlSet001\\Services\\CqMgHost Start dword:00000002 -> "
+              "dword:00000004\n"
+              "mounted-devices: SYSTEM\\MountedDevices \\DosDevices\\D: " +
+                  reg_export_text(reg_binary_value(utf16("\\??\\IDE#CdRomHL-DT-ST#5&2a2f&0&1.0.0#{53f56308}"))) +
+                  " -> -\n"
+              "crash-control: SYSTEM\\ControlSet001\\Control\\CrashControl AutoReboot "
+              "dword:00000001 -> dword:00000000\n");
+    const std::string preview = preview_text(plan);
+    EXPECT_NE(preview.find("~ HKLM\\SYSTEM\\ControlSet001\\Services\\msahci  Start: 3 -> 0\n"),
+              std::string::npos)
+        << preview;
+    EXPECT_NE(preview.find("- HKLM\\SYSTEM\\MountedDevices  \\DosDevices\\D: (was "),
+              std::string::npos)
+        << preview;
+}
+
+TEST_F(WindowsFixups, AppliedThroughTheOverlayTheSourceUnchanged) {
+    make_2008r2();
+    ASSERT_FALSE(HasFatalFailure());
+    const std::string pristine = read_whole(image_);
+    const OverlayPtr ov = overlay(std::make_shared<LocalSource>(image_.string()));
+    const DevicePtr disk = ov->device(fixups_layer, fixups_layer);
+    const Inventory inv = inspect(disk);
+    FixupOptions o;
+    o.profile = "hyperv"; // BIOS: generation 1, IDE
+    const FixupPlan plan = plan_fixups(disk, inv, o);
+    ASSERT_TRUE(plan.refusals.empty()) << plan.refusals.front();
+    EXPECT_EQ(plan.controller, "hyperv-ide");
+    apply_fixups(disk, inv, plan);
+    ov->layer(fixups_layer).sync();
+    EXPECT_EQ(read_whole(image_), pristine);
+
+    // What the fixed-up disk says now, read afresh.
+    const Inventory after = inspect(disk);
+    ASSERT_TRUE(after.windows_guest.has_value()) << findings_of(after);
+    std::string drivers;
+    for (const WindowsService& d : after.windows_guest->storage_drivers)
+        drivers += d.name + "=" + std::to_string(d.start) + "/" + d.group + " ";
+    EXPECT_EQ(drivers, "atapi=0/SCSI miniport HpCISSs2=0/SCSI miniport "
+                       "intelide=0/System Bus Extender msahci=3/SCSI miniport ");
+    ASSERT_EQ(after.windows_guest->vendor_agents.size(), 2u);
+    EXPECT_EQ(after.windows_guest->vendor_agents[0].start, 4u);
+    ASSERT_EQ(after.windows_guest->drive_letters.size(), 1u);
+    EXPECT_EQ(after.windows_guest->drive_letters[0].letter, "C:");
+    EXPECT_EQ(after.windows_guest->drive_letters[0].target, "partition 1");
+    // Planned again on the fixed-up disk: nothing is left to do.
+    const FixupPlan again = plan_fixups(disk, after, o);
+    EXPECT_EQ(edits_of(again), "");
+
+    // Discarding the layer gives the source's bytes back.
+    ov->layer(fixups_layer).discard();
+    ov->changed_layers();
+    const Inventory discarded = inspect(disk);
+    ASSERT_TRUE(discarded.windows_guest.has_value());
+    EXPECT_EQ(discarded.windows_guest->drive_letters.size(), 2u);
+}
+
+TEST_F(WindowsFixups, ValueChangedSincePlanningIsRefusedAndNothingWritten) {
+    make_2008r2();
+    ASSERT_FALSE(HasFatalFailure());
+    const OverlayPtr ov = overlay(std::make_shared<LocalSource>(image_.string()));
+    const DevicePtr disk = ov->device(fixups_layer, fixups_layer);
+    const Inventory inv = inspect(disk);
+    FixupPlan plan = plan_fixups(disk, inv, FixupOptions{});
+    ASSERT_TRUE(plan.refusals.empty());
+    // The crash-control step, last, saw another value: every earlier edit
+    // must not be written either.
+    ASSERT_EQ(plan.steps.back().name, "crash-control");
+    plan.steps.back().registry.back().before = reg_dword_value(7);
+    try {
+        apply_fixups(disk, inv, plan);
+        FAIL() << "applied";
+    } catch (const InvalidState& e) {
+        EXPECT_STREQ(e.what(), "HKLM\\SYSTEM\\ControlSet001\\Control\\CrashControl value "
+                               "AutoReboot changed since the plan was made (step crash-control); "
+                               "plan again");
+    }
+    EXPECT_EQ(ov->layer(fixups_layer).info().chunks, 0u);
+}
+
+TEST_F(WindowsFixups, VirtioDriverCopiedFromTheDriverDirectory) {
+    make_2008r2();
+    ASSERT_FALSE(HasFatalFailure());
+    const fs::path drivers = dir_ / "virtio-win";
+    fs::create_directories(drivers / "viostor" / "2k8R2" / "amd64");
+    const std::string sys(20000, 'V');
+    {
+        std::ofstream(drivers / "viostor" / "2k8R2" / "amd64" / "viostor.sys", std::ios::binary) << sys;
+        std::ofstream(drivers / "viostor" / "2k8R2" / "amd64" / "viostor.inf") << "[Version]\n";
+    }
+    const OverlayPtr ov = overlay(std::make_shared<LocalSource>(image_.string()));
+    const DevicePtr disk = ov->device(fixups_layer, fixups_layer);
+    const Inventory inv = inspect(disk);
+    FixupOptions o;
+    o.drivers_dir = drivers.string();
+    const FixupPlan plan = plan_fixups(disk, inv, o);
+    ASSERT_TRUE(plan.refusals.empty()) << plan.refusals.front();
+    EXPECT_EQ(plan.controller, "virtio-blk");
+    ASSERT_GE(plan.steps.size(), 2u);
+    EXPECT_EQ(plan.steps[1].name, "copy-drivers");
+    ASSERT_EQ(plan.steps[1].edits.size(), 2u);
+    EXPECT_EQ(plan.steps[1].edits[0].path, "\\Windows\\System32\\drivers\\viostor.sys");
+    EXPECT_EQ(plan.steps[1].edits[1].path, "\\Windows\\Drivers\\VirtIO\\viostor.inf");
+    apply_fixups(disk, inv, plan);
+    const Inventory after = inspect(disk);
+    ASSERT_TRUE(after.windows_guest.has_value());
+    bool found = false;
+    for (const WindowsService& d : after.windows_guest->storage_drivers)
+        if (d.name == "viostor") {
+            found = true;
+            EXPECT_EQ(d.start, 0u);
+            EXPECT_TRUE(d.file);
+            EXPECT_EQ(d.group, "SCSI miniport");
+        }
+    EXPECT_TRUE(found);
 }
 
 } // namespace

@@ -108,6 +108,10 @@ expect_error 1 $E.InvalidArgument "option 'cpus' must be of D-Bus type u, not s"
 expect_error 1 $E.InvalidArgument "unknown option 'kernel'" raw_fixups kvm '{"kernel": "x"}'
 expect_error 1 $E.InvalidArgument "option 'vendor-agents' must be of D-Bus type as" raw_fixups kvm '{"vendor-agents": "a"}'
 expect_error 1 $E.InvalidArgument "unknown target profile" raw_fixups "$(printf 'x%.0s' {1..5000})" '{}'
+expect_error 1 $E.InvalidArgument "option 'drivers' must be of D-Bus type s" raw_fixups kvm '{"drivers": 7}'
+expect_error 1 $E.InvalidArgument "driver directory '../etc': must be an absolute path" raw_fixups kvm '{"drivers": "../etc"}'
+expect_error 1 $E.InvalidArgument "driver directory /nonexistent/virtio is not a directory" \
+    raw_fixups kvm '{"drivers": "/nonexistent/virtio"}'
 # Sync jobs: options of the wrong type, unknown or out of range, a relative
 # destination, and the job methods on a job of another kind.
 # raw_call PATH METHOD ARGS-PYTHON [WORD]: a call with python3-dbus (the
@@ -258,6 +262,11 @@ expect_error 4 $E.AccessDenied "may not give quiesce commands" \
     ctl_as nobody sync start pc1 "$T/shared/q.qcow2" --quiesce-command "id >$T/rootonly/owned"
 expect_error 4 $E.AccessDenied "cannot create files in $T/rootonly" \
     ctl_as nobody sync start pc1 "$T/shared/r.qcow2" --detection reflink --reflink-dir "$T/rootonly"
+# ... nor have it read a directory of drivers into a guest.
+expect_error 4 $E.AccessDenied "may not give a driver directory" \
+    ctl_as nobody fixups plan pc1 --drivers "$T/rootonly"
+expect_error 4 $E.AccessDenied "may not give a driver directory" \
+    ctl_as nobody sync start pc1 "$T/shared/d.qcow2" --profile kvm --drivers "$T/rootonly"
 left=$(find "$T/shared" "$T/rootonly" -mindepth 1)
 [[ -z $left ]] || fail "a refused StartSync left files: $left"
 ctl_as nobody add pub "$src" >/dev/null || fail "nobody cannot add a file it can read"

@@ -259,6 +259,14 @@ std::string reg_readable(const RegValue& v) {
     default:
         break;
     }
+    // Binary data that is UTF-16 text (MountedDevices' device paths) is
+    // shown as the text.
+    bool text = !v.bytes.empty() && v.bytes.size() % 2 == 0;
+    for (size_t i = 0; text && i < v.bytes.size(); i += 2)
+        text = v.bytes[i + 1] == '\0' && v.bytes[i] >= 0x20 && v.bytes[i] < 0x7f;
+    if (text)
+        return std::string(reg_type_name(v.type)) + " \"" + utf16le_to_utf8(v.bytes) +
+               "\" (UTF-16)";
     std::string out;
     char buf[4];
     for (size_t i = 0; i < v.bytes.size(); ++i) {

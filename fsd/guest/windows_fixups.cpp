@@ -446,7 +446,7 @@ FixupPlan plan_windows_fixups(const DevicePtr& disk, const Inventory& inv,
         return plan;
     }
     plan.controller = choice->controller;
-    plan.guest_disk = "disk 0";
+    plan.guest_disk = "\\\\.\\PhysicalDrive0";
     std::string drivers;
     for (const std::string& s : choice->services)
         drivers += (drivers.empty() ? "" : ", ") + s;

@@ -1,7 +1,7 @@
 // FAT12/16/32, read-only, after Microsoft's specification ("Microsoft
 // Extensible Firmware Initiative FAT32 File System Specification", 2000;
-// section numbers below are its own), which UEFI adopts for the EFI System
-// partition.
+// the headings quoted below are its own), which UEFI adopts for the EFI
+// System partition.
 //
 // A volume is, in sectors: the reserved area (boot sector first), the FATs,
 // on FAT12/16 a fixed root directory, then the data area of clusters,
@@ -30,7 +30,7 @@ struct FatVolume::Node {
 
 namespace {
 
-// Section 6: at most 65536 entries of 32 bytes in a directory.
+// "FAT Directory Structure": at most 65536 entries of 32 bytes in a directory.
 constexpr uint64_t max_directory_bytes = 65536 * 32;
 
 uint16_t le16_at(const unsigned char* p, size_t at) {
@@ -40,8 +40,8 @@ uint32_t le32_at(const unsigned char* p, size_t at) {
     return load_le<uint32_t>(p + at);
 }
 
-// Entries from this value up end a chain (section 4); the one below marks
-// a bad cluster. Cluster numbers stop short of both.
+// "FAT Data Structure": entries from this value up end a chain, the one
+// below marks a bad cluster. Cluster numbers stop short of both.
 uint32_t end_of_chain(int bits) {
     return bits == 12 ? 0xff8 : bits == 16 ? 0xfff8 : 0x0ffffff8;
 }
@@ -90,10 +90,11 @@ std::string utf8(const std::u16string& name) {
     return out;
 }
 
-// Section 6: the 8.3 name is 11 bytes, base and extension padded with
-// spaces, the dot implied. A first byte 0x05 stands for 0xE5 (a lead byte in
-// Shift-JIS), since 0xE5 marks a deleted entry. The lower-case flags Windows
-// NT keeps at offset 0x0C do not matter to a match that ignores case.
+// "FAT Directory Structure": the 8.3 name is 11 bytes, base and extension
+// padded with spaces, the dot implied. A first byte 0x05 stands for 0xE5 (a
+// lead byte in Shift-JIS), since 0xE5 marks a deleted entry. The lower-case
+// flags Windows NT keeps at offset 0x0C do not matter to a match that
+// ignores case.
 std::string short_name(const unsigned char* e) {
     std::string base(reinterpret_cast<const char*>(e), 8);
     std::string ext(reinterpret_cast<const char*>(e + 8), 3);
@@ -104,9 +105,10 @@ std::string short_name(const unsigned char* e) {
     return ext.empty() ? base : base + "." + ext;
 }
 
-// Section 7: each long-name entry carries this checksum of the 8.3 name it
-// belongs to, so a long name left behind by a system that does not know
-// long names (which renamed or deleted its short entry) is not believed.
+// "FAT Long Directory Entries": each long-name entry carries this checksum
+// of the 8.3 name it belongs to, so a long name left behind by a system that
+// does not know long names (which renamed or deleted its short entry) is not
+// believed.
 uint8_t short_name_checksum(const unsigned char* e) {
     uint8_t sum = 0;
     for (int i = 0; i < 11; ++i)
@@ -130,12 +132,12 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
     unsigned char b[512];
     read(b, sizeof b, 0);
     const std::string bad = where_ + ": FAT boot sector: ";
-    // Section 3.1: x86 code starts the sector, jumping over the BPB.
+    // "Boot Sector and BPB": x86 code starts the sector, jumping over the BPB.
     if (!(b[0] == 0xe9 || (b[0] == 0xeb && b[2] == 0x90)))
         throw Error(where_ + ": not a FAT file system (its boot sector does not start with a "
                              "jump instruction)");
 
-    // Section 3.1, the BIOS parameter block common to all three types.
+    // The BIOS parameter block, its fields common to all three types...
     const uint16_t bytes_per_sector = le16_at(b, 0x0b);
     const uint8_t sectors_per_cluster = b[0x0d];
     const uint16_t reserved = le16_at(b, 0x0e); // sectors before the first FAT
@@ -145,7 +147,7 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
     const uint8_t media = b[0x15];
     const uint16_t fat16_size = le16_at(b, 0x16); // sectors per FAT; 0 on FAT32
     const uint32_t total32 = le32_at(b, 0x20);
-    // Section 3.3, FAT32 only: sectors per FAT, flags, the root's cluster.
+    // ...and FAT32's own: sectors per FAT, flags, the root directory's cluster.
     const uint32_t fat32_size = le32_at(b, 0x24);
     const uint16_t ext_flags = le16_at(b, 0x28);
     const uint32_t root_cluster = le32_at(b, 0x2c);
@@ -164,9 +166,9 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
     if (media != 0xf0 && media < 0xf8)
         throw Error(bad + "media descriptor is " + hex(media) + ", not 0xf0 or 0xf8..0xff");
 
-    // Linux's rule, the one firmware and every driver agree on in practice:
-    // a zero 16-bit FAT size makes the volume FAT32; otherwise FAT12 or
-    // FAT16 by the count of clusters (section 3.5).
+    // As Linux decides: a zero 16-bit FAT size makes the volume FAT32 (only
+    // a FAT32 BPB says where the root is); otherwise FAT12 or FAT16 by the
+    // count of clusters, as "FAT Type Determination" says.
     const bool fat32 = fat16_size == 0;
     const uint64_t fat_size = fat32 ? fat32_size : fat16_size;
     const uint64_t total = total16 != 0 ? total16 : total32;
@@ -175,7 +177,9 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
         throw field("sectors per FAT", fat_size, "so there is no FAT");
     if (fat32 && root_entries != 0)
         throw field("root directory entries", root_entries, "not 0 as FAT32 requires");
-    if (total == 0 || total > length_ / sector)
+    if (total == 0)
+        throw field("total sectors", total, "so there is no data area");
+    if (total > length_ / sector)
         throw field("total sectors", total,
                     "more than the " + std::to_string(length_ / sector) + " sectors of the range");
     const uint64_t root_sectors = div_round_up(uint64_t{root_entries} * 32, sector);
@@ -186,7 +190,7 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
     const uint64_t clusters = (total - meta) / sectors_per_cluster;
     bits_ = fat32 ? 32 : clusters < 4085 ? 12 : 16;
 
-    // Section 3.3, BPB_ExtFlags: bit 7 set means only the FAT numbered in
+    // BPB_ExtFlags (FAT32): bit 7 set means only the FAT numbered in
     // bits 0-3 is in use; otherwise all are mirrors and the first is read.
     uint64_t active = 0;
     if (fat32 && (ext_flags & 0x80) != 0) {
@@ -219,10 +223,10 @@ FatVolume::FatVolume(DevicePtr disk, uint64_t offset, uint64_t length, std::stri
 
 // ---- the FAT -----------------------------------------------------------------
 
-// Section 4. FAT12 packs two 12-bit entries in three bytes, little-endian:
-// entry n sits in the 16 bits at byte n + n/2, in the low 12 of them for an
-// even n, the high 12 for an odd one. FAT16 entries are 16 bits, FAT32's 32
-// of which the top 4 are reserved and ignored.
+// "FAT Data Structure": FAT12 packs two 12-bit entries in three bytes,
+// little-endian: entry n sits in the 16 bits at byte n + n/2, in the low 12
+// of them for an even n, the high 12 for an odd one. FAT16 entries are 16
+// bits; FAT32's are 32, of which the top 4 are reserved and ignored.
 uint32_t FatVolume::fat_entry(uint32_t cluster) {
     const uint64_t at = bits_ == 12 ? cluster + cluster / 2ull : cluster * (bits_ / 8ull);
     const uint64_t n = bits_ == 32 ? 4 : 2;
@@ -324,14 +328,14 @@ std::string FatVolume::read_directory(const Node& dir, const std::string& shown)
 
 // ---- directories and paths ---------------------------------------------------
 
-// Section 6, the 32-byte directory entry:
+// "FAT Directory Structure", the 32-byte directory entry:
 //   0x00 name (8.3)  0x0B attributes  0x14 first cluster, high 16 bits (FAT32)
 //   0x1A first cluster, low 16 bits   0x1C size in bytes
 // A first name byte of 0x00 ends the directory, 0xE5 marks a deleted entry.
 //
-// Section 7, long names: entries with attributes 0x0F (read-only, hidden,
-// system, volume label: what old systems skip) come just before the short
-// entry they name, last part first. Each holds 13 UTF-16 characters (at
+// "FAT Long Directory Entries": entries with attributes 0x0F (read-only,
+// hidden, system, volume label: what old systems skip) come just before the
+// short entry they name, last part first. Each holds 13 UTF-16 characters (at
 // 0x01, 0x0E, 0x1C), its order 1..20 at 0x00 (0x40 added on the first
 // entry, which holds the end of the name), and the short name's checksum at
 // 0x0D. A sequence out of order or with a wrong checksum is not a name.

@@ -27,9 +27,15 @@
 // the current control set):
 //   choose-controller        the target's disk controller: one whose driver
 //                            the guest has (or the driver directory gives)
-//   copy-drivers             drivers Windows does not ship (virtio, pvscsi)
-//                            copied from the user's directory, with their
-//                            service key and DevicePath entry
+//   copy-drivers             before Windows 8: drivers Windows does not ship
+//                            (virtio, pvscsi) copied from the user's
+//                            directory to boot from, with their service key
+//                            and DevicePath entry
+//   stage-drivers            Windows 8 and later, which bind a boot
+//                            controller only through a driver they installed
+//                            themselves: the better controller's driver is
+//                            staged for Plug and Play, the disk stays on one
+//                            Windows has
 //   boot-driver              the controller's driver set to start at boot
 //                            (Start=0) in its load-order group
 //   critical-device-database Windows before 8: the controller's PCI ids tied

@@ -344,6 +344,25 @@ struct Choice {
     std::optional<fs::path> driver_file; // copied from the user's directory
 };
 
+// Windows before 8 binds a boot controller through CriticalDeviceDatabase,
+// which a plan can write; 8 and later through the DriverDatabase and the
+// DriverStore, which only Windows' own driver installation fills right.
+bool copied_driver_can_boot(const WindowsGuest& g) {
+    return version_number(g) < 602;
+}
+
+// Whether `name`'s service and its file are in the guest.
+bool installed(Planner& pl, NtfsVolume& vol, const WindowsGuest& g, const std::string& name) {
+    const auto [node, stored] = pl.service(name);
+    if (!node)
+        return false;
+    const std::string file =
+        driver_file_path(pl.system().string(node, "ImagePath").value_or(""), stored,
+                         g.system_root.size() > 3 ? g.system_root.substr(3) : "Windows");
+    const auto st = file.empty() ? std::nullopt : vol.stat(file);
+    return st && !st->directory;
+}
+
 std::optional<Choice> choose(Planner& pl, NtfsVolume& vol, const WindowsGuest& g,
                              const std::string& controller, const FixupOptions& options,
                              std::string& why_not) {
@@ -355,17 +374,18 @@ std::optional<Choice> choose(Planner& pl, NtfsVolume& vol, const WindowsGuest& g
         Choice c{controller, {}, std::nullopt};
         bool all = true;
         for (const char* name : alternative) {
-            const auto [node, stored] = pl.service(name);
-            bool present = false;
-            if (node) {
-                const std::string file = driver_file_path(
-                    pl.system().string(node, "ImagePath").value_or(""), stored,
-                    g.system_root.size() > 3 ? g.system_root.substr(3) : "Windows");
-                const auto st = file.empty() ? std::nullopt : vol.stat(file);
-                present = st && !st->directory;
-            }
+            const bool present = installed(pl, vol, g, name);
             if (!present && alternative.size() == 1 && !it->shipped) {
                 if (auto f = find_driver(options.drivers_dir, name, g)) {
+                    if (!copied_driver_can_boot(g)) {
+                        why_not += (why_not.empty() ? "" : "; ") + controller + ": " + name +
+                                   " from " + options.drivers_dir +
+                                   " cannot boot Windows 8 and later (they bind a boot "
+                                   "controller only through a driver Windows installed itself: "
+                                   "install it there, pnputil /add-driver " + name +
+                                   ".inf /install, and plan again)";
+                        return std::nullopt;
+                    }
                     c.driver_file = *f;
                     c.services.push_back(name);
                     continue;
@@ -375,7 +395,7 @@ std::optional<Choice> choose(Planner& pl, NtfsVolume& vol, const WindowsGuest& g
                 all = false;
                 break;
             }
-            c.services.push_back(stored);
+            c.services.push_back(pl.service(name).second);
         }
         if (all)
             return c;
@@ -389,6 +409,47 @@ std::optional<Choice> choose(Planner& pl, NtfsVolume& vol, const WindowsGuest& g
                                        ? " (Windows does not ship it; give a driver directory)"
                                        : " (not in " + options.drivers_dir + " either)");
     return std::nullopt;
+}
+
+// A host file copied to `to` on the volume; a missing optional file (an
+// .inf or .cat) is left out.
+void add_copy(NtfsVolume& vol, FixupStep& step, const fs::path& from, const std::string& to,
+              bool required) {
+    std::error_code ec;
+    if (!fs::is_regular_file(from, ec)) {
+        if (required)
+            throw Error(from.string() + " is not a file" + (ec ? ": " + ec.message() : ""),
+                        ENOENT);
+        return;
+    }
+    const auto size = fs::file_size(from, ec);
+    if (ec)
+        throw Error(from.string() + ": " + ec.message(), ec.value());
+    if (size > driver_file_limit)
+        throw Error(from.string() + " is " + human_size(size) +
+                        ", more than a driver file is copied up to (" +
+                        human_size(driver_file_limit) + ")",
+                    EFBIG);
+    const auto st = vol.stat(to);
+    std::optional<std::string> before;
+    if (st)
+        before = std::to_string(st->size) + " bytes";
+    step.edits.push_back({windows_path(to), "copy", before, from.string(), 0644, size});
+}
+
+// SOFTWARE's DevicePath, where Plug and Play looks for .inf files when it
+// meets a new device, gains \Windows\Drivers\VirtIO.
+void add_device_path(Planner& pl, FixupStep& step) {
+    const std::string cv = "Microsoft\\Windows\\CurrentVersion";
+    const Hive::Node cv_node = pl.software().key(cv);
+    const std::string path =
+        cv_node ? pl.software().string(cv_node, "DevicePath").value_or("%SystemRoot%\\inf")
+                : "%SystemRoot%\\inf";
+    const std::string ours = "%SystemRoot%\\Drivers\\VirtIO";
+    if (lower(path).find(lower(ours)) != std::string::npos)
+        return;
+    pl.make_key(step, "SOFTWARE", cv);
+    pl.set(step, "SOFTWARE", cv, "DevicePath", reg_string(path + ";" + ours, reg_expand_sz));
 }
 
 } // namespace
@@ -468,48 +529,56 @@ FixupPlan plan_windows_fixups(const DevicePtr& disk, const Inventory& inv,
                        {},
                        {}};
         const std::string root = g.system_root.size() > 3 ? g.system_root.substr(3) : "Windows";
-        const auto copy = [&](const fs::path& from, const std::string& to) {
-            std::error_code ec;
-            const auto size = fs::file_size(from, ec);
-            if (ec)
-                throw Error(from.string() + ": " + ec.message(), ec.value());
-            if (size > driver_file_limit)
-                throw Error(from.string() + " is " + human_size(size) +
-                                ", more than a driver file is copied up to (" +
-                                human_size(driver_file_limit) + ")",
-                            EFBIG);
-            const auto st = vol.stat(to);
-            std::optional<std::string> before;
-            if (st)
-                before = std::to_string(st->size) + " bytes";
-            step.edits.push_back({windows_path(to), "copy", before, from.string(), 0644, size});
-        };
-        copy(*choice->driver_file, root + "/System32/drivers/" + name + ".sys");
-        for (const char* ext : {".inf", ".cat"}) {
-            const fs::path other = choice->driver_file->parent_path() / (name + ext);
-            std::error_code ec;
-            if (fs::is_regular_file(other, ec))
-                copy(other, root + "/Drivers/VirtIO/" + name + ext);
-        }
+        add_copy(vol, step, *choice->driver_file, root + "/System32/drivers/" + name + ".sys", true);
+        for (const char* ext : {".inf", ".cat"})
+            add_copy(vol, step, choice->driver_file->parent_path() / (name + ext),
+                     root + "/Drivers/VirtIO/" + name + ext, false);
         const std::string key = set + "\\Services\\" + name;
         pl.make_key(step, "SYSTEM", key);
         pl.set(step, "SYSTEM", key, "Type", reg_dword_value(1));
         pl.set(step, "SYSTEM", key, "ErrorControl", reg_dword_value(1));
         pl.set(step, "SYSTEM", key, "ImagePath",
                reg_string("system32\\drivers\\" + name + ".sys", reg_expand_sz));
-        // Plug and Play looks for .inf files along DevicePath when it meets
-        // the new device.
-        const std::string cv = "Microsoft\\Windows\\CurrentVersion";
-        const Hive::Node cv_node = pl.software().key(cv);
-        const std::string path =
-            cv_node ? pl.software().string(cv_node, "DevicePath").value_or("%SystemRoot%\\inf")
-                    : "%SystemRoot%\\inf";
-        const std::string ours = "%SystemRoot%\\Drivers\\VirtIO";
-        if (lower(path).find(lower(ours)) == std::string::npos) {
-            pl.make_key(step, "SOFTWARE", cv);
-            pl.set(step, "SOFTWARE", cv, "DevicePath", reg_string(path + ";" + ours, reg_expand_sz));
-        }
+        add_device_path(pl, step);
         plan.steps.push_back(step);
+    }
+
+    // stage-drivers: Windows 8 and later, drivers of the profile's better
+    // controllers that the user's directory has, put where Plug and Play
+    // installs them from when it meets the device.
+    if (!choice->driver_file && !options.drivers_dir.empty()) {
+        const auto order = controller_order(profile.name, plan.firmware);
+        const auto rank = [&](const std::string& name) {
+            return std::find(order.begin(), order.end(), name) - order.begin();
+        };
+        for (const WindowsController& c : windows_controllers()) {
+            if (c.shipped || c.drivers.size() != 1 || c.drivers.front().size() != 1 ||
+                rank(c.controller) >= rank(choice->controller))
+                continue;
+            const std::string name = c.drivers.front().front();
+            if (installed(pl, vol, g, name))
+                continue;
+            const auto found = find_driver(options.drivers_dir, name, g);
+            if (!found)
+                continue;
+            FixupStep step{"stage-drivers",
+                           name + " (" + c.controller + ") from " +
+                               found->parent_path().string() +
+                               " is staged in \\Windows\\Drivers\\VirtIO, on Plug and Play's "
+                               "DevicePath: Windows installs it when it meets the device; "
+                               "switch the machine to " + c.controller +
+                               " after that boot",
+                           {},
+                           {}};
+            const std::string root =
+                g.system_root.size() > 3 ? g.system_root.substr(3) : "Windows";
+            for (const char* ext : {".sys", ".inf", ".cat"})
+                add_copy(vol, step, found->parent_path() / (name + ext),
+                         root + "/Drivers/VirtIO/" + name + ext, std::string(ext) == ".sys");
+            add_device_path(pl, step);
+            plan.steps.push_back(step);
+            break;
+        }
     }
 
     // boot-driver

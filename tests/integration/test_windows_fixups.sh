@@ -14,10 +14,12 @@
 # those edits and no others (regdiff.py) — and a few edits every target
 # needs are in the plan: 2008 R2 on kvm without drivers boots from SATA
 # (msahci, its CriticalDeviceDatabase entry), the drive letters of hardware
-# gone are dropped and the HP agents disabled; 2016 on kvm gets viostor from
-# a virtio-win tree and its VMware Tools disabled, while on vmware it keeps
-# its tools and pvscsi; 2022 on hyperv gets storvsc and its Dell agents
-# disabled. The source images never change, and discarding the fixups gives
+# gone are dropped and the HP agents disabled, and with a virtio-win tree it
+# boots from viostor copied in; 2016 on kvm gets viostor staged for Plug and
+# Play but boots from SATA (Windows 8 and later bind a boot controller only
+# through a driver they installed) and its VMware Tools disabled, while on
+# vmware it keeps its tools and pvscsi; 2022 on hyperv gets storvsc and its
+# Dell agents disabled. The source images never change, and discarding the fixups gives
 # the source's hives back.
 #
 # The variants a fixup must not touch — hibernated, a dynamic disk, a
@@ -59,7 +61,9 @@ done
 # DRIVER/OS/ARCH/), of deterministic bytes; its .sys is not a multiple of
 # the NTFS cluster size.
 drivers=$T/virtio-win
-mkdir -p "$drivers/viostor/2k16/amd64"
+mkdir -p "$drivers/viostor/2k16/amd64" "$drivers/viostor/2k8R2/amd64"
+perl -e 'print "MZ", substr("viostor 2k8R2 amd64 test driver " x 400, 0, 9001)' \
+    >"$drivers/viostor/2k8R2/amd64/viostor.sys"
 perl -e 'print "MZ", substr("viostor 2k16 amd64 test driver " x 400, 0, 10001)' \
     >"$drivers/viostor/2k16/amd64/viostor.sys"
 # shellcheck disable=SC2016 # $WINDOWS NT$ is INF syntax
@@ -312,14 +316,32 @@ PLANS = {
         ],
         "not_under": [],
     },
+    # Windows 8 and later boot only from a controller whose driver Windows
+    # installed: viostor is staged, the disk goes on SATA (storahci).
     "win2016 kvm": {
+        "controller": "sata",
+        "edits": [
+            ("SYSTEM", r"ControlSet001\Services\storahci", "Start", "dword:00000003", "dword:00000000"),
+            ("SYSTEM", r"ControlSet001\Services\VMTools", "Start", "dword:00000002", DISABLE),
+        ],
+        "not": [
+            ("SYSTEM", r"ControlSet001\Services\viostor", "*"),
+        ],
+        "not_under": [r"ControlSet001\Control\CriticalDeviceDatabase"],
+    },
+    # Before Windows 8 a copied viostor boots: its service, Start=0 and the
+    # CriticalDeviceDatabase entries of virtio-blk's PCI ids.
+    "win2008r2 kvm virtio": {
         "controller": "virtio-blk",
         "edits": [
             ("SYSTEM", r"ControlSet001\Services\viostor", None, None, "(key)"),
             ("SYSTEM", r"ControlSet001\Services\viostor", "Start", None, "dword:00000000"),
-            ("SYSTEM", r"ControlSet001\Services\VMTools", "Start", "dword:00000002", DISABLE),
+            ("SYSTEM", r"ControlSet001\Control\CriticalDeviceDatabase\pci#ven_1af4&dev_1001&subsys_00021af4&rev_00", None, None, "(key)"),
+            ("SYSTEM", r"ControlSet001\Services\CqMgHost", "Start", "dword:00000002", DISABLE),
         ],
-        "not": [],
+        "not": [
+            ("SYSTEM", r"ControlSet001\Services\msahci", "*"),
+        ],
         "not_under": [],
     },
     "win2016 vmware": {
@@ -388,12 +410,14 @@ PY
 # fixups_exactly NAME PROFILE [--drivers DIR]: plans (into $T/plan-NAME-PROFILE.json),
 # checks the plan's specific edits, applies, and compares the hives of the
 # fixed-up disk.raw with the source's.
+# CASE names the expectations (default "NAME PROFILE").
 fixups_exactly() {
     local m=$1 profile=$2
     shift 2
-    local plan=$T/plan-$m-$profile.json after=$T/after/$m-$profile
+    local case=${CASE:-$m $profile}
+    local plan=$T/plan-${case// /-}.json after=$T/after/${case// /-}
     ctl --json fixups plan "$m" --profile "$profile" "$@" >"$plan"
-    python3 "$T/check_plan.py" "$plan" "$m $profile" ||
+    python3 "$T/check_plan.py" "$plan" "$case" ||
         fail "$m: the $profile plan differs from the expectations (above)"
     ctl fixups apply "$m" --profile "$profile" "$@" >"$T/apply-$m-$profile.txt"
     windows_export_hives "$mnt/$m/disk.raw" "${SYSTEM_PART[$m]}" "$after"
@@ -401,7 +425,7 @@ fixups_exactly() {
         cat "$T/regdiff.out" >&2
         fail "$m: the registry edits of the $profile fixups differ from the plan (above)"
     }
-    log "$m $profile: $(tail -n 1 "$T/regdiff.out")"
+    log "$case: $(tail -n 1 "$T/regdiff.out")"
 }
 
 # discard_back_to_source NAME: discards the fixups; the hives of disk.raw are
@@ -421,25 +445,36 @@ discard_back_to_source() {
 fixups_exactly win2008r2 kvm
 discard_back_to_source win2008r2
 
-# 2016 on kvm with a virtio-win tree: viostor, copied in byte for byte, as
-# is every other file the plan copies.
-fixups_exactly win2016 kvm --drivers "$drivers"
-python3 - "$T/plan-win2016-kvm.json" >"$T/copies.txt" <<'PY'
+# copied_exactly PLAN NAME PART FILE: every file PLAN copies is in NAME's
+# disk.raw byte for byte, FILE (a path on the volume) among them.
+copied_exactly() {
+    local plan=$1 m=$2 part=$3 want=$4 sys_dir=$T/ntfs-$2 host guest on_ntfs
+    python3 - "$plan" >"$T/copies.txt" <<'PY'
 import json, sys
 for step in json.load(open(sys.argv[1]))["steps"]:
     for e in step.get("edits") or []:
         if e["kind"] == "copy":
             print(e["after"] + "\t" + e["path"])
 PY
-sys_dir=$T/ntfs-win2016
-windows_mount_partition "$mnt/win2016/disk.raw" 3 "$sys_dir"
-cmp "$drivers/viostor/2k16/amd64/viostor.sys" "$sys_dir/Windows/System32/drivers/viostor.sys" ||
-    fail "win2016: \\Windows\\System32\\drivers\\viostor.sys in disk.raw is not the virtio-win tree's"
-while IFS=$'\t' read -r host guest; do
-    on_ntfs=${guest//\\//}
-    cmp "$host" "$sys_dir/${on_ntfs#/}" || fail "win2016: $guest in disk.raw is not a copy of $host"
-done <"$T/copies.txt"
-windows_unmount_partition "$sys_dir"
+    grep -qiF "$want" "$T/copies.txt" || fail "$m: the plan does not copy $want"
+    windows_mount_partition "$mnt/$m/disk.raw" "$part" "$sys_dir"
+    while IFS=$'\t' read -r host guest; do
+        on_ntfs=${guest//\\//}
+        cmp "$host" "$sys_dir/${on_ntfs#/}" || fail "$m: $guest in disk.raw is not a copy of $host"
+    done <"$T/copies.txt"
+    windows_unmount_partition "$sys_dir"
+}
+
+# 2008 R2 on kvm with a virtio-win tree: viostor boots it, copied in byte for
+# byte into System32\drivers.
+CASE="win2008r2 kvm virtio" fixups_exactly win2008r2 kvm --drivers "$drivers"
+copied_exactly "$T/plan-win2008r2-kvm-virtio.json" win2008r2 2 '\Windows\System32\drivers\viostor.sys'
+discard_back_to_source win2008r2
+
+# 2016 on kvm with a virtio-win tree: viostor staged for Plug and Play in
+# \Windows\Drivers\VirtIO, the disk on SATA.
+fixups_exactly win2016 kvm --drivers "$drivers"
+copied_exactly "$T/plan-win2016-kvm.json" win2016 3 '\Windows\Drivers\VirtIO\viostor.sys'
 discard_back_to_source win2016
 
 # 2016 on vmware: it keeps its tools and its pvscsi.

@@ -190,7 +190,9 @@ void Core::refresh_inspection(Source& s) {
         for (const auto& f : inv.findings)
             blockers += f.severity == "blocker";
         spdlog::info("source '{}': inspected: {}{}, {} finding(s), {} blocking", s.name, inv.os,
-                     inv.linux_guest ? " (" + inv.linux_guest->pretty_name + ")" : std::string(),
+                     inv.linux_guest     ? " (" + inv.linux_guest->pretty_name + ")"
+                     : inv.windows_guest ? " (" + inv.windows_guest->product_name + ")"
+                                         : std::string(),
                      inv.findings.size(), blockers);
     } catch (const std::exception& e) {
         s.inventory_json = json{{"source", s.name}, {"error", e.what()}}.dump(2) + "\n";

@@ -51,7 +51,7 @@ scribble two
 pristine=$(sha256sum <"$src")
 run_rc ctl sync cutover "$id" --wait
 [[ $RC -eq 0 ]] || fail "sync cutover exited $RC: $(cat "$T/run.out" "$T/run.err")"
-assert_eq done "$(job_field "$id" state)" "state after the cutover (error: $(job_field "$id" error))"
+assert_eq "done" "$(job_field "$id" state)" "state after the cutover (error: $(job_field "$id" error))"
 assert_eq True "$(job_field "$id" bootable)" "bootable"
 [[ -f $dest && ! -e $dest.part ]] || fail "the target was not renamed to $dest: $(ls "$T/out")"
 assert_eq "$pristine" "$(sha256sum <"$src")" "the source after the cutover"

@@ -17,6 +17,8 @@ set -uo pipefail
 export LC_ALL=C # '.' as the decimal point, also in $EPOCHREALTIME
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/bench/options.sh
+source "$SCRIPT_DIR/options.sh" # bench_option: --daemon, --ctl, --out, --cache-dir, --label
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 SIZE_GIB=4
@@ -69,18 +71,11 @@ while (($#)); do
         --views=*) VIEW_LIST=${1#*=}; shift ;;
         --variant) VARIANTS+=("${2:-}"); shift 2 ;;
         --variant=*) VARIANTS+=("${1#*=}"); shift ;;
-        --daemon) DAEMON=${2:-}; shift 2 ;;
-        --daemon=*) DAEMON=${1#*=}; shift ;;
-        --ctl) CTL_BIN=${2:-}; shift 2 ;;
-        --ctl=*) CTL_BIN=${1#*=}; shift ;;
-        --out) OUT=${2:-}; shift 2 ;;
-        --out=*) OUT=${1#*=}; shift ;;
-        --cache-dir) CACHE=${2:-}; shift 2 ;;
-        --cache-dir=*) CACHE=${1#*=}; shift ;;
-        --label) LABEL=${2:-}; shift 2 ;;
-        --label=*) LABEL=${1#*=}; shift ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "materialize-bench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        *)
+            bench_option "$@" || { echo "materialize-bench.sh: unknown argument: $1 (see --help)" >&2; exit 2; }
+            shift "$BENCH_SHIFT"
+            ;;
     esac
 done
 

@@ -20,6 +20,8 @@ set -uo pipefail
 export LC_ALL=C
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/bench/options.sh
+source "$SCRIPT_DIR/options.sh" # bench_option: --daemon, --ctl, --out, --cache-dir, --label
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 SIZE_GIB=4
@@ -78,18 +80,11 @@ while (($#)); do
         --warm) DROP=no; shift ;;
         --seed) SEED=${2:-}; shift 2 ;;
         --seed=*) SEED=${1#*=}; shift ;;
-        --daemon) DAEMON=${2:-}; shift 2 ;;
-        --daemon=*) DAEMON=${1#*=}; shift ;;
-        --ctl) CTL_BIN=${2:-}; shift 2 ;;
-        --ctl=*) CTL_BIN=${1#*=}; shift ;;
-        --out) OUT=${2:-}; shift 2 ;;
-        --out=*) OUT=${1#*=}; shift ;;
-        --cache-dir) CACHE=${2:-}; shift 2 ;;
-        --cache-dir=*) CACHE=${1#*=}; shift ;;
-        --label) LABEL=${2:-}; shift 2 ;;
-        --label=*) LABEL=${1#*=}; shift ;;
         -h | --help) usage; exit 0 ;;
-        *) echo "sync-bench.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        *)
+            bench_option "$@" || { echo "sync-bench.sh: unknown argument: $1 (see --help)" >&2; exit 2; }
+            shift "$BENCH_SHIFT"
+            ;;
     esac
 done
 

@@ -13,6 +13,7 @@
 
 #include "common/endian.h"
 #include "common/error.h"
+#include "common/utf.h"
 
 #include <algorithm>
 #include <bit>
@@ -55,39 +56,15 @@ bool same_name(std::string_view a, std::string_view b) {
                                               [](char x, char y) { return fold(x) == fold(y); });
 }
 
-void append_utf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xc0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xe0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else {
-        out += static_cast<char>(0xf0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    }
-}
-
 // A long name (UTF-16, up to its 0x0000 terminator) as UTF-8; a lone
 // surrogate becomes U+FFFD.
 std::string utf8(const std::u16string& name) {
-    std::string out;
-    for (size_t i = 0; i < name.size() && name[i] != 0; ++i) {
-        const uint32_t c = name[i];
-        if (c >= 0xd800 && c < 0xdc00 && i + 1 < name.size() && name[i + 1] >= 0xdc00 &&
-            name[i + 1] < 0xe000) {
-            append_utf8(out, 0x10000 + ((c - 0xd800) << 10) + (name[i + 1] - 0xdc00u));
-            ++i;
-        } else {
-            append_utf8(out, c >= 0xd800 && c < 0xe000 ? 0xfffd : c);
-        }
+    std::string bytes;
+    for (const char16_t c : name) {
+        bytes += static_cast<char>(c & 0xff);
+        bytes += static_cast<char>(c >> 8);
     }
-    return out;
+    return utf16le_to_utf8(bytes);
 }
 
 // "FAT Directory Structure": the 8.3 name is 11 bytes, base and extension

@@ -15,6 +15,7 @@
 #include "guest/partitions.h"
 
 #include "common/endian.h"
+#include "common/utf.h"
 
 #include <algorithm>
 #include <array>
@@ -458,42 +459,6 @@ std::string other_sector_size_hint(BlockDevice& disk, uint32_t sector_size) {
            "-byte sectors)";
 }
 
-std::string utf16le_to_utf8(const unsigned char* p, size_t units) {
-    std::string out;
-    const auto put = [&](uint32_t c) {
-        if (c < 0x80) {
-            out += static_cast<char>(c);
-        } else if (c < 0x800) {
-            out += static_cast<char>(0xc0 | (c >> 6));
-            out += static_cast<char>(0x80 | (c & 0x3f));
-        } else if (c < 0x10000) {
-            out += static_cast<char>(0xe0 | (c >> 12));
-            out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-            out += static_cast<char>(0x80 | (c & 0x3f));
-        } else {
-            out += static_cast<char>(0xf0 | (c >> 18));
-            out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
-            out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-            out += static_cast<char>(0x80 | (c & 0x3f));
-        }
-    };
-    for (size_t i = 0; i < units; ++i) {
-        const uint32_t u = load_le<uint16_t>(p + 2 * i);
-        if (u == 0)
-            break;
-        if (u >= 0xd800 && u < 0xdc00 && i + 1 < units) {
-            const uint32_t low = load_le<uint16_t>(p + 2 * (i + 1));
-            if (low >= 0xdc00 && low < 0xe000) {
-                put(0x10000 + ((u - 0xd800) << 10) + (low - 0xdc00));
-                ++i;
-                continue;
-            }
-        }
-        put(u >= 0xd800 && u < 0xe000 ? 0xfffd : u);
-    }
-    return out;
-}
-
 void compare_gpt_headers(const GptHeader& a, const GptHeader& b, PartitionTable& t) {
     const std::string where = " (primary at LBA " + std::to_string(a.lba) + ", backup at LBA " +
                               std::to_string(b.lba) + ")";
@@ -532,7 +497,7 @@ void read_gpt_entries(const Sectors& s, const GptHeader& h, PartitionTable& t) {
         const uint64_t first = load_le<uint64_t>(e + 32);
         const uint64_t last = load_le<uint64_t>(e + 40);
         p.bootable = (load_le<uint64_t>(e + 48) & gpt_attr_legacy_bios_bootable) != 0;
-        p.label = utf16le_to_utf8(e + 56, 36);
+        p.label = utf16le_to_utf8(e + 56, 72); // 36 UTF-16 units
         if (last < first) {
             t.problems.push_back("GPT entry " + std::to_string(p.number) + ": last LBA " +
                                  std::to_string(last) + " is before its first LBA " +

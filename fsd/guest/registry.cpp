@@ -1,6 +1,9 @@
 #include "guest/registry.h"
 
+#include "common/endian.h"
+
 #include <algorithm>
+#include <set>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -66,29 +69,6 @@ private:
     int fd_;
 };
 
-void append_utf8(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xc0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xe0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else {
-        out += static_cast<char>(0xf0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    }
-}
-
-void append_utf16(std::string& out, uint32_t unit) {
-    out += static_cast<char>(unit & 0xff);
-    out += static_cast<char>(unit >> 8);
-}
-
 // UTF-16LE code units from `bytes`, split at NULs (REG_MULTI_SZ).
 std::vector<std::string> utf16_strings(const std::string& bytes) {
     std::vector<std::string> out;
@@ -114,62 +94,61 @@ std::vector<std::string> utf16_strings(const std::string& bytes) {
     return out;
 }
 
+// hivex gives and takes a value's type as enum hive_type, whose enumerators
+// end at 11, while a hive holds any 32-bit number there (types of
+// applications' own, or damage). Read as the enum, such a number is
+// undefined behaviour (UBSan stops on it), so the type crosses as bytes.
+static_assert(sizeof(hive_type) == sizeof(uint32_t));
+
+uint32_t type_number(const hive_type& t) {
+    uint32_t n = 0;
+    std::memcpy(&n, &t, sizeof n);
+    return n;
+}
+
+hive_set_value set_value_of(const std::string& name, const RegValue& v) {
+    hive_set_value s{const_cast<char*>(name.c_str()), hive_t_REG_NONE, v.bytes.size(),
+                     const_cast<char*>(v.bytes.data())};
+    std::memcpy(&s.t, &v.type, sizeof s.t);
+    return s;
+}
+
+// Where the hive bins end disagrees with the header, in words that follow
+// the hive's name; "" when they agree (or when hivex will refuse the file
+// anyway). The base block (4 KiB) gives the length of the bins after it at
+// 0x28, a whole number of 4 KiB pages; each bin gives its own length at 8
+// ("hbin" at 0; Windows registry file format specification, "Base block",
+// "Hive bin"). hivex trusts the header's length: it reads whole bins past
+// it, and an edit appends its new bin at it — over bins it read, or after a
+// hole of zeros when the file is shorter, as much memory as a lying header
+// asks for — and the hive committed opens nowhere.
+std::string bins_disagree(const std::string& bytes) {
+    constexpr size_t base_block = 0x1000, page = 0x1000;
+    if (bytes.size() < base_block)
+        return "";
+    const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    const uint32_t bins = load_le<uint32_t>(p + 0x28);
+    if (bins % page != 0)
+        return ": its header counts " + std::to_string(bins) +
+               " bytes of hive bins, not a whole number of 4 KiB pages";
+    if (const size_t held = bytes.size() - base_block; bins > held)
+        return " is cut short: its header counts " + human_size(bins) +
+               " of hive bins, the file holds " +
+               (held % 1024 == 0 ? human_size(held) : std::to_string(held) + " bytes");
+    const size_t end = base_block + bins;
+    for (size_t at = base_block; at < end;) {
+        const uint32_t length = load_le<uint32_t>(p + at + 8);
+        if (bytes.compare(at, 4, "hbin") != 0 || length == 0 || length % page != 0)
+            return ""; // hivex refuses it, naming what it found
+        if (length > end - at)
+            return ": the hive bin at " + hex(at) + " (" + human_size(length) +
+                   ") reaches past the " + human_size(bins) + " of hive bins its header counts";
+        at += length;
+    }
+    return "";
+}
+
 } // namespace
-
-std::string utf16le_to_utf8(const std::string& bytes) {
-    std::string out;
-    for (size_t i = 0; i + 1 < bytes.size(); i += 2) {
-        uint32_t u = static_cast<unsigned char>(bytes[i]) |
-                     static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8;
-        if (u == 0)
-            break;
-        if (u >= 0xd800 && u <= 0xdbff && i + 3 < bytes.size()) {
-            const uint32_t lo = static_cast<unsigned char>(bytes[i + 2]) |
-                                static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 3]))
-                                    << 8;
-            if (lo >= 0xdc00 && lo <= 0xdfff) {
-                append_utf8(out, 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00));
-                i += 2;
-                continue;
-            }
-        }
-        if (u >= 0xd800 && u <= 0xdfff)
-            u = 0xfffd;
-        append_utf8(out, u);
-    }
-    return out;
-}
-
-std::string utf8_to_utf16le(const std::string& utf8) {
-    std::string out;
-    for (size_t i = 0; i < utf8.size();) {
-        const auto b = static_cast<unsigned char>(utf8[i]);
-        uint32_t cp = 0xfffd;
-        size_t n = 1;
-        if (b < 0x80) {
-            cp = b;
-        } else if ((b & 0xe0) == 0xc0 && i + 1 < utf8.size()) {
-            cp = (b & 0x1fu) << 6 | (utf8[i + 1] & 0x3f);
-            n = 2;
-        } else if ((b & 0xf0) == 0xe0 && i + 2 < utf8.size()) {
-            cp = (b & 0x0fu) << 12 | (utf8[i + 1] & 0x3fu) << 6 | (utf8[i + 2] & 0x3f);
-            n = 3;
-        } else if ((b & 0xf8) == 0xf0 && i + 3 < utf8.size()) {
-            cp = (b & 0x07u) << 18 | (utf8[i + 1] & 0x3fu) << 12 | (utf8[i + 2] & 0x3fu) << 6 |
-                 (utf8[i + 3] & 0x3f);
-            n = 4;
-        }
-        i += n;
-        if (cp >= 0x10000 && cp <= 0x10ffff) {
-            cp -= 0x10000;
-            append_utf16(out, 0xd800 + (cp >> 10));
-            append_utf16(out, 0xdc00 + (cp & 0x3ff));
-        } else {
-            append_utf16(out, cp > 0xffff ? 0xfffd : cp);
-        }
-    }
-    return out;
-}
 
 RegValue reg_string(const std::string& utf8, uint32_t type) {
     return {type, utf8_to_utf16le(utf8) + std::string(2, '\0')};
@@ -287,6 +266,8 @@ Hive::Hive(const std::string& bytes, std::string name, bool writable)
     // hivex reports a file of another kind only by errno.
     if (bytes.compare(0, 4, "regf") != 0)
         throw Error(name_ + " is not a registry hive: it does not start with 'regf'", EIO);
+    if (const std::string why = bins_disagree(bytes); !why.empty())
+        throw Error(name_ + why, EIO);
     MemoryFile copy(name_);
     copy.write_all(bytes, name_);
     errno = 0;
@@ -316,15 +297,25 @@ Hive::Node Hive::root() {
     return node;
 }
 
+namespace {
+// "A\\B\\\\C" -> {"A", "B", "C"}
+std::vector<std::string> key_parts(const std::string& path) {
+    std::vector<std::string> parts;
+    for (size_t i = 0; i < path.size();) {
+        const size_t j = std::min(path.find('\\', i), path.size());
+        if (j > i)
+            parts.push_back(path.substr(i, j - i));
+        i = j + 1;
+    }
+    return parts;
+}
+} // namespace
+
 Hive::Node Hive::key(const std::string& path) {
     Node node = root();
-    size_t i = 0;
-    while (node && i < path.size()) {
-        const size_t j = std::min(path.find('\\', i), path.size());
-        const std::string part = path.substr(i, j - i);
-        i = j + 1;
-        if (part.empty())
-            continue;
+    for (const std::string& part : key_parts(path)) {
+        if (!node)
+            break;
         errno = 0;
         node = hivex_node_get_child(handle(h_), node, part.c_str());
         if (!node && errno)
@@ -399,7 +390,7 @@ std::optional<RegValue> Hive::value(Node node, const std::string& name) {
     char* data = hivex_value_value(handle(h_), v, &t, &len);
     if (!data)
         throw damaged("value " + name + " of " + path_of(node), errno);
-    RegValue out{static_cast<uint32_t>(t), std::string(data, len)};
+    RegValue out{type_number(t), std::string(data, len)};
     std::free(data);
     return out;
 }
@@ -423,7 +414,7 @@ std::vector<std::pair<std::string, RegValue>> Hive::values(Node node) {
             char* data = hivex_value_value(handle(h_), vs[i], &t, &len);
             if (!data)
                 throw damaged("value " + name + " of " + path_of(node), errno);
-            out.push_back({name, RegValue{static_cast<uint32_t>(t), std::string(data, len)}});
+            out.push_back({name, RegValue{type_number(t), std::string(data, len)}});
             std::free(data);
         }
     } catch (...) {
@@ -462,13 +453,7 @@ Hive::Node Hive::add_key(const std::string& path) {
     if (!writable_)
         throw InvalidState(name_ + " was opened read-only");
     Node node = root();
-    size_t i = 0;
-    while (i < path.size()) {
-        const size_t j = std::min(path.find('\\', i), path.size());
-        const std::string part = path.substr(i, j - i);
-        i = j + 1;
-        if (part.empty())
-            continue;
+    for (const std::string& part : key_parts(path)) {
         errno = 0;
         Node child = hivex_node_get_child(handle(h_), node, part.c_str());
         if (!child && errno)
@@ -486,14 +471,58 @@ Hive::Node Hive::add_key(const std::string& path) {
     return node;
 }
 
+// hivex frees a key's old values before it writes the new ones: a value
+// list that names one value twice, or two values whose data share a cell
+// (a damaged or hostile hive), makes it free a cell twice and abort the
+// process. Such a key is refused before hivex sees the edit.
+void Hive::check_editable(Node node, const std::string& name) {
+    errno = 0;
+    hive_value_h* vs = hivex_node_values(handle(h_), node);
+    if (!vs)
+        throw damaged("the values of " + path_of(node), errno);
+    std::set<size_t> records, cells; // each value's own record, its data's cell
+    std::string why;
+    for (size_t i = 0; vs[i] && why.empty(); ++i)
+        if (!records.insert(vs[i]).second)
+            why = "its value list names the value at " + hex(vs[i]) + " twice";
+    for (size_t i = 0; vs[i] && why.empty(); ++i) {
+        size_t len = 0;
+        errno = 0;
+        const hive_value_h cell = hivex_value_data_cell_offset(handle(h_), vs[i], &len);
+        if (!cell)
+            continue; // data kept in the record itself
+        if (records.count(cell))
+            why = "a value's data is the record of another value, at " + hex(cell);
+        else if (!cells.insert(cell).second)
+            why = "two of its values share the data cell at " + hex(cell);
+    }
+    std::free(vs);
+    if (!why.empty())
+        throw Error(name_ + ": key " + path_of(node) + " is damaged (" + why +
+                        "): value " + name + " is not edited",
+                    EIO);
+}
+
 void Hive::set_value(Node node, const std::string& name, const RegValue& v) {
     if (!writable_)
         throw InvalidState(name_ + " was opened read-only");
+    check_editable(node, name);
+    // hivex sets the last value of a name and reads the first: of two (a
+    // damaged hive; names match without regard to case) the edit would
+    // land on the one not read.
+    size_t same = 0;
+    for (const auto& held : values(node))
+        same += strcasecmp(held.first.c_str(), name.c_str()) == 0;
+    if (same > 1)
+        throw Error(name_ + ": key " + path_of(node) + " holds " + std::to_string(same) +
+                        " values named " + name +
+                        " (names match without regard to case): which one Windows reads is "
+                        "not known, so none is edited",
+                    EIO);
     // An existing value keeps the case of its name (Windows matches names
     // without regard to case; the export would show a rename otherwise).
     const std::string stored = value_name(node, name).value_or(name);
-    hive_set_value set{const_cast<char*>(stored.c_str()), static_cast<hive_type>(v.type),
-                       v.bytes.size(), const_cast<char*>(v.bytes.data())};
+    hive_set_value set = set_value_of(stored, v);
     errno = 0;
     if (hivex_node_set_value(handle(h_), node, &set, 0) != 0)
         throw Error(name_ + ": cannot set value " + name + " of " + path_of(node) + " (hivex: " +
@@ -504,6 +533,7 @@ void Hive::set_value(Node node, const std::string& name, const RegValue& v) {
 void Hive::delete_value(Node node, const std::string& name) {
     if (!writable_)
         throw InvalidState(name_ + " was opened read-only");
+    check_editable(node, name);
     // hivex replaces a key's values as a whole: every value but this one.
     auto all = values(node);
     std::vector<hive_set_value> keep;
@@ -513,8 +543,7 @@ void Hive::delete_value(Node node, const std::string& name) {
             found = true;
             continue;
         }
-        keep.push_back({const_cast<char*>(n.c_str()), static_cast<hive_type>(v.type),
-                        v.bytes.size(), const_cast<char*>(v.bytes.data())});
+        keep.push_back(set_value_of(n, v));
     }
     if (!found)
         return;

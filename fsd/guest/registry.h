@@ -14,6 +14,7 @@
 #pragma once
 
 #include "common/error.h"
+#include "common/utf.h"
 
 #include <cstdint>
 #include <optional>
@@ -53,12 +54,11 @@ std::string reg_export_text(const RegValue& v);
 // For people: a DWORD in decimal (and hex above 9), strings decoded
 // ("SCSI miniport"; REG_MULTI_SZ as "a | b"), binary as spaced hex.
 std::string reg_readable(const RegValue& v);
-const char* reg_type_name(uint32_t type); // "REG_DWORD"; "REG_0x1234" for unknown ones
+const char* reg_type_name(uint32_t type); // "REG_DWORD"; "REG_OTHER" for unknown ones
 
-// UTF-16LE <-> UTF-8. Decoding stops at the first NUL; unpaired surrogates
-// become U+FFFD.
-std::string utf16le_to_utf8(const std::string& bytes);
-std::string utf8_to_utf16le(const std::string& utf8);
+// UTF-16LE <-> UTF-8 (common/utf.h), as registry strings are stored.
+using p2vfs::utf16le_to_utf8;
+using p2vfs::utf8_to_utf16le;
 
 class Hive {
 public:
@@ -110,6 +110,7 @@ private:
     void* h_ = nullptr; // hive_h*
 
     Error damaged(const std::string& what, int err) const;
+    void check_editable(Node node, const std::string& name);
     size_t value_handle(Node node, const std::string& name);
     std::string path_of(Node node);
 };

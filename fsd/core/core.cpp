@@ -588,7 +588,12 @@ void Core::save_job(Job& job) const {
         j["sync_options"] = to_json(job.sync_options);
         j["source_size"] = job.source_size;
     }
-    replace_file(job.dir + "/job.json", j.dump(2) + "\n");
+    {
+        std::lock_guard<std::mutex> record(job.record_mutex);
+        if (job.removed)
+            return;
+        replace_file(job.dir + "/job.json", j.dump(2) + "\n");
+    }
     std::lock_guard<std::mutex> lock(job.mutex);
     job.persisted = p.state;
 }
@@ -873,7 +878,11 @@ void Core::remove_job(const Caller& caller, const std::string& id) {
         std::lock_guard<std::mutex> lock(j->mutex);
         j->engine.reset();
     }
-    remove_tree(j->dir);
+    {
+        std::lock_guard<std::mutex> record(j->record_mutex);
+        j->removed = true;
+        remove_tree(j->dir);
+    }
     if (observer)
         observer->job_removed(id);
 }

@@ -43,6 +43,11 @@ struct Core::Job {
     uint64_t source_size = 0;
     std::optional<FixupRequest> fixups;
 
+    // Held while job.json is written and while the job's directory is
+    // removed: the monitor may be saving a job that remove_job is removing.
+    std::mutex record_mutex;
+    bool removed = false; // under record_mutex: the directory is gone
+
     std::mutex mutex; // everything below
     std::shared_ptr<JobEngine> engine; // null until started (sync: until first needed)
     JobProgress saved{};      // the state job.json holds, shown while there is no engine

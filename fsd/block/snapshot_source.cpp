@@ -145,26 +145,6 @@ namespace {
     throw Error(what + ": " + errno_text(err), err);
 }
 
-// A temporary file that is removed unless it was renamed into place.
-class TemporaryFile {
-public:
-    explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
-    ~TemporaryFile() {
-        if (!path_.empty())
-            ::unlink(path_.c_str());
-    }
-    TemporaryFile(const TemporaryFile&) = delete;
-    TemporaryFile& operator=(const TemporaryFile&) = delete;
-    void rename_to(const std::string& target) {
-        if (::rename(path_.c_str(), target.c_str()) != 0)
-            throw_errno(target + ": cannot rename " + path_ + " into place");
-        path_.clear();
-    }
-
-private:
-    std::string path_;
-};
-
 // Makes `dir` and any missing parents; the directory itself mode 0700.
 void ensure_directory(const std::string& dir) {
     for (size_t at = 1; at <= dir.size(); ++at) {

@@ -141,4 +141,17 @@ void remove_tree(const std::string& path) {
         throw Error(path + ": cannot remove: " + ec.message(), ec.value());
 }
 
+TemporaryFile::~TemporaryFile() {
+    if (!path_.empty())
+        ::unlink(path_.c_str());
+}
+
+void TemporaryFile::rename_to(const std::string& target) {
+    if (::rename(path_.c_str(), target.c_str()) != 0) {
+        const int err = errno;
+        throw Error(target + ": cannot rename " + path_ + " into place: " + errno_text(err), err);
+    }
+    path_.clear();
+}
+
 } // namespace p2vfs

@@ -65,4 +65,19 @@ void make_directories(const std::string& path, unsigned mode = 0700);
 // rm -r of a directory tree (no symlinks followed); missing is fine.
 void remove_tree(const std::string& path);
 
+// A file being made under a temporary name: removed when the object goes,
+// unless rename_to() moved it into place (Error "TARGET: cannot rename PATH
+// into place: why" when it cannot).
+class TemporaryFile {
+public:
+    explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
+    ~TemporaryFile();
+    TemporaryFile(const TemporaryFile&) = delete;
+    TemporaryFile& operator=(const TemporaryFile&) = delete;
+    void rename_to(const std::string& target);
+
+private:
+    std::string path_;
+};
+
 } // namespace p2vfs

@@ -28,26 +28,6 @@ std::string parent_directory(const std::string& path) {
     return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// A temporary file that is removed unless it was renamed into place.
-class TemporaryFile {
-public:
-    explicit TemporaryFile(std::string path) : path_(std::move(path)) {}
-    ~TemporaryFile() {
-        if (!path_.empty())
-            ::unlink(path_.c_str());
-    }
-    TemporaryFile(const TemporaryFile&) = delete;
-    TemporaryFile& operator=(const TemporaryFile&) = delete;
-    void rename_to(const std::string& target) {
-        if (::rename(path_.c_str(), target.c_str()) != 0)
-            throw_errno(target + ": cannot rename " + path_ + " into place", errno);
-        path_.clear();
-    }
-
-private:
-    std::string path_;
-};
-
 [[noreturn]] void throw_clone_error(const std::string& origin, const std::string& copy, int err) {
     const std::string what = "reflink copy of " + origin + " to " + copy + ": ";
     if (err == EXDEV)

@@ -20,15 +20,18 @@
 #include <vector>
 
 namespace p2vfs {
+void Destination::write_zeros_as_data(unsigned worker, uint64_t offset, uint64_t length) {
+    static const std::vector<unsigned char> zeros(1u << 20, 0);
+    for (uint64_t at = offset; at < offset + length;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
+        write(worker, zeros.data(), n, at);
+        at += n;
+    }
+}
+
 namespace {
 
 constexpr uint64_t page = 4096;
-
-// Zeros for writes where a destination cannot punch or zero a range.
-const std::vector<unsigned char>& zero_buffer() {
-    static const std::vector<unsigned char> zeros(1u << 20, 0);
-    return zeros;
-}
 
 std::string base_name(const std::string& path) {
     return std::filesystem::path(path).filename().string();
@@ -102,14 +105,7 @@ public:
                             " bytes at " + hex(offset) + ": " + errno_text(err),
                         err);
         }
-        // No hole punching here: zeros are written, as data.
-        const auto& zeros = zero_buffer();
-        for (uint64_t at = offset; at < offset + length;) {
-            const size_t n =
-                static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
-            write(worker, zeros.data(), n, at);
-            at += n;
-        }
+        write_zeros_as_data(worker, offset, length); // no hole punching here
     }
 
     void read(unsigned, void* buf, size_t length, uint64_t offset) override {
@@ -320,14 +316,7 @@ public:
     void write_zeros(unsigned worker, uint64_t offset, uint64_t length) override {
         nbd_handle* h = handle(worker);
         if (!can_zero_) {
-            const auto& zeros = zero_buffer();
-            for (uint64_t at = offset; at < offset + length;) {
-                const size_t n = static_cast<size_t>(
-                    std::min<uint64_t>({zeros.size(), max_request_, offset + length - at}));
-                if (nbd_pwrite(h, zeros.data(), n, at, 0) == -1)
-                    fail("write", n, at);
-                at += n;
-            }
+            write_zeros_as_data(worker, offset, length); // write() splits to max_request_
             return;
         }
         // Without LIBNBD_CMD_FLAG_NO_HOLE the server may trim the range.

@@ -57,6 +57,11 @@ public:
     // renames it to DEST (never over an existing DEST), then syncs the
     // directory. NBD: nothing.
     virtual void commit() = 0;
+
+protected:
+    // write_zeros() where the storage can neither punch nor zero a range:
+    // zeros written as data, a MiB at a time.
+    void write_zeros_as_data(unsigned worker, uint64_t offset, uint64_t length);
 };
 
 // The name a file destination is written under until it is complete.

@@ -77,11 +77,6 @@ std::string qemu_path(const std::string& path) {
     return !path.empty() && path.front() != '/' ? "./" + path : path;
 }
 
-const std::vector<unsigned char>& zero_buffer() {
-    static const std::vector<unsigned char> zeros(1u << 20, 0);
-    return zeros;
-}
-
 // How a qemu tool failed, in one line.
 std::string failure_text(const CommandResult& r, const std::string& tool) {
     if (r.timed_out)
@@ -170,13 +165,7 @@ public:
             throw Error(path_ + ": cannot punch a hole of " + std::to_string(length) +
                             " bytes at " + hex(offset) + ": " + errno_text(err),
                         err);
-        const auto& zeros = zero_buffer();
-        for (uint64_t at = offset; at < offset + length;) {
-            const size_t n =
-                static_cast<size_t>(std::min<uint64_t>(zeros.size(), offset + length - at));
-            write(worker, zeros.data(), n, at);
-            at += n;
-        }
+        write_zeros_as_data(worker, offset, length); // no hole punching here
     }
 
     void read(unsigned, void* buf, size_t length, uint64_t offset) override {
